@@ -1,0 +1,10 @@
+"""gpt2_jax: GPT-2 language models in JAX/Flax."""
+
+__version__ = "0.1.0"
+
+
+def load(path, step="latest"):
+    """Load a trained run for sampling and scoring; see `gpt2_jax.api.load`."""
+    from gpt2_jax import api  # imported on use so `import gpt2_jax` stays light
+
+    return api.load(path, step)

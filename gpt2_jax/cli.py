@@ -1,0 +1,140 @@
+"""`gpt2-jax` command line: train, sample, bench. The only module that reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    """Collect `--config.a.b=v` / `--config.a.b v` pairs; anything else is a usage error."""
+    out, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--config."):
+            raise _UsageError(f"unrecognized argument {arg!r}; config overrides look like --config.optim.lr=3e-4")
+        if "=" not in arg:
+            if i + 1 >= len(extra):
+                raise _UsageError(f"{arg} needs a value, e.g. {arg}=VALUE")
+            arg, i = f"{arg}={extra[i + 1]}", i + 1
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _cmd_train(args, overrides: list[str]) -> int:
+    from gpt2_jax import config as config_lib
+
+    cfg = config_lib.load_config(args.config, overrides)
+    from gpt2_jax import experiment  # after validation, so a config typo fails before JAX loads
+    if args.quiet:
+        cfg.train.progress = False
+    print(f"config ({args.config}):\n{config_lib.to_json(cfg)}", flush=True)
+    t0 = time.perf_counter()
+    comps = experiment.build(cfg)
+    mcfg = comps.model.cfg
+    from gpt2_jax import model as model_lib
+
+    n = model_lib.count_params(model_lib.param_shapes(mcfg))
+    print(f"model: {mcfg.n_layer} layers x {mcfg.n_embd} wide x {mcfg.n_head} heads, {n:,} params, "
+          f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
+    for role, split in comps.splits.items():
+        h = split.header
+        print(f"data {role}: {cfg.data.source}:{h.get('split')} {h['num_tokens']:,} tokens, "
+              f"{h['num_bytes']:,} bytes, {h.get('num_docs', '?')} documents", flush=True)
+    out = experiment.fit(comps)
+    r = out["results"]
+    print(f"validation: loss {r['val_loss']:.4f} nats/token, ppl {r['val_ppl']:.3f}, "
+          f"bits/byte {r['val_bpb']:.4f}", flush=True)
+    if "test_loss" in r:
+        print(f"test (held out): loss {r['test_loss']:.4f} nats/token, ppl {r['test_ppl']:.3f}, "
+              f"bits/byte {r['test_bpb']:.4f}", flush=True)
+    print(f"checkpoint: {os.path.abspath(cfg.train.run_dir)}/checkpoints/{r['step']}", flush=True)
+    if cfg.train.sample_tokens > 0:
+        text = experiment.sample_text(comps, out["state"].params, cfg.train.sample_prompt, cfg.train.sample_tokens,
+                                      cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)
+        print(f"sample:\n{cfg.train.sample_prompt}{text}", flush=True)
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+def _cmd_sample(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("sample takes no --config overrides")
+    from gpt2_jax import api
+
+    m = api.load(args.run, step=args.step)
+    print(f"{m.summary()}", file=sys.stderr, flush=True)
+    for i in range(args.num_samples):
+        text = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, seed=args.seed + i)
+        print(f"{args.prompt}{text}", flush=True)
+    return 0
+
+
+def _cmd_bench(args, overrides: list[str]) -> int:
+    from gpt2_jax import bench
+
+    report = bench.bench_train(args.preset, args.batch_size, args.seq_len, args.steps, vocab_size=args.vocab_size,
+                               peer=args.peer, dtype=args.dtype, warmup=args.warmup)
+    print(bench.format_report(report), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argparse parser of `gpt2-jax` (overrides --config.* are collected separately)."""
+    p = argparse.ArgumentParser(prog="gpt2-jax", description="GPT-2 in JAX/Flax: train, sample, bench.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an experiment config (resumes if the run dir has checkpoints)")
+    t.add_argument("--config", required=True, help="experiments/<name>.py; then --config.section.key=value")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    s = sub.add_parser("sample", help="sample text from a run directory")
+    s.add_argument("--run", required=True)
+    s.add_argument("--prompt", default="")
+    s.add_argument("--step", default="latest", help="latest | best | a step number")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=40)
+    s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("bench", help="train-step throughput, optionally beside a peer implementation")
+    b.add_argument("--preset", default="tiny")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--seq-len", type=int, default=256)
+    b.add_argument("--vocab-size", type=int, default=257)
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--dtype", default="float32")
+    b.add_argument("--peer", choices=["none", "hf-torch"], default="none")
+    b.add_argument("--json", help="also write the report here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gpt2-jax` console script."""
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)
+    commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench}
+    try:
+        return commands[args.command](args, _split_overrides(extra))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split())
+        print(f"gpt2-jax: error: {msg}", file=sys.stderr)
+        return 1 if type(e).__name__ == "TrainingDiverged" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

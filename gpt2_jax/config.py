@@ -1,0 +1,262 @@
+"""Experiment configs: one base config, experiment files that override it, checked overrides.
+
+An experiment file defines `get_config()` returning `base_config()` with the fields that differ
+changed. `load_config(path, overrides)` runs it, applies `--config.a.b=value` overrides with type
+checks, and validates: an unknown key, a wrong type or an impossible value raises `ConfigError`
+with one line naming the key (and, for a typo, the closest valid key).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import pathlib
+from typing import Any, Iterable
+
+from ml_collections import config_dict
+
+from gpt2_jax import model as model_lib
+
+SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
+DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+TOKENIZERS = ("byte", "gpt2")
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix; the message is one line naming the key."""
+
+
+def base_config() -> config_dict.ConfigDict:
+    """Defaults for every key. Experiments override only what differs."""
+    ph = config_dict.placeholder
+    c = config_dict.ConfigDict()
+    c.model = dict(
+        preset="tiny",  # a key of model.PRESETS; fields below that are set override it
+        n_layer=ph(int), n_head=ph(int), n_embd=ph(int), n_positions=ph(int),
+        vocab_size=ph(int),  # default: the tokenizer's vocabulary
+        vocab_multiple=1,  # round the embedding table up (e.g. 128: 50257 -> 50304)
+        embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
+        init_std=0.02, dtype="float32", param_dtype="float32",
+        attention="auto",  # auto | xla | cudnn
+        remat="none",  # none | full | dots
+    )
+    c.data = dict(
+        source="shakespeare/plays",
+        tokenizer="byte",  # byte | gpt2
+        data_dir="~/tensorflow_datasets",
+        train_split="train", eval_split="validation", test_split="test",
+        seq_len=256, batch_size=32, seed=0,
+    )
+    c.optim = dict(
+        name="adamw", lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+        schedule="cosine", warmup_steps=100, min_lr_ratio=0.1, decay_steps=ph(int),
+        accum_steps=1, label_smoothing=0.0,
+    )
+    c.train = dict(
+        steps=1000, seed=0, run_dir="runs/default",
+        log_every=50, eval_every=250, progress=True, tensorboard=True,
+        sample_prompt="ROMEO:", sample_tokens=200, sample_temperature=0.8, sample_top_k=40,
+    )
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.eval = dict(batch_size=32, max_batches=ph(int))  # None: the whole split
+    c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True)
+    return c
+
+
+def _load_experiment(path: str) -> config_dict.ConfigDict:
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} not found; pass an experiments/*.py file")
+    spec = importlib.util.spec_from_file_location(f"_experiment_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        cfg = module.get_config()
+    except AttributeError as e:
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path} defines no get_config(); it must return a ConfigDict") from None
+        raise ConfigError(f"{path}: {_one_line(e)}") from None
+    except TypeError as e:
+        raise ConfigError(f"{path}: {_one_line(e)}") from None
+    if not isinstance(cfg, config_dict.ConfigDict):
+        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, expected a ConfigDict")
+    return cfg
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def _flat_keys(cfg: config_dict.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k in cfg.keys():
+        v = cfg[k]
+        if isinstance(v, config_dict.ConfigDict):
+            out.update(_flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _unknown_key_error(key: str, valid: Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; see gpt2_jax/config.py:base_config for valid keys"
+    return ConfigError(f"unknown config key {key}{hint}")
+
+
+def check_keys(cfg: config_dict.ConfigDict) -> None:
+    """Raise ConfigError if cfg has a key that base_config() does not."""
+    valid = _flat_keys(base_config())
+    for key in _flat_keys(cfg):
+        if key not in valid:
+            raise _unknown_key_error(key, valid)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return text  # a bare string such as --config.data.tokenizer=gpt2
+
+
+def _coerce(key: str, value: Any, want: type) -> Any:
+    if value is None:
+        return None
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key {key} wants true/false, got {value!r}")
+    if want is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # 1e4 written for steps
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key} wants {want.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def apply_override(cfg: config_dict.ConfigDict, assignment: str) -> None:
+    """Apply one `a.b=value` (or `--config.a.b=value`) override in place, type-checked."""
+    text = assignment.removeprefix("--").removeprefix("config.")
+    if "=" not in text:
+        raise ConfigError(f"override {assignment!r} needs the form --config.section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.split(".")
+    valid = _flat_keys(base_config())
+    if key not in valid:
+        raise _unknown_key_error(key, valid)
+    node = cfg
+    for p in parts[:-1]:
+        node = node[p]
+    want = base_config()
+    for p in parts[:-1]:
+        want = want[p]
+    value = _coerce(key, _parse_value(raw), want.get_type(parts[-1]))
+    node[parts[-1]] = value
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key {key}: {message}")
+
+
+def _choice(cfg, key: str, choices: Iterable[str]) -> None:
+    section, name = key.split(".")
+    value = cfg[section][name]
+    choices = tuple(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(choices)}{hint}")
+
+
+def model_config(cfg: config_dict.ConfigDict, vocab_size: int | None = None) -> model_lib.GPT2Config:
+    """The GPT2Config for cfg.model: preset, then explicit fields, then the tokenizer's vocab."""
+    m = cfg.model
+    _choice(cfg, "model.preset", model_lib.PRESETS)
+    fields = dict(model_lib.PRESETS[m.preset])
+    for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
+        if m[name] is not None:
+            fields[name] = m[name]
+    if "vocab_size" not in fields and vocab_size is not None:
+        fields["vocab_size"] = vocab_size
+    for name in ("vocab_multiple", "embd_dropout", "attn_dropout", "resid_dropout", "init_std",
+                 "dtype", "param_dtype", "attention", "remat"):
+        fields[name] = m[name]
+    return model_lib.GPT2Config(**fields)
+
+
+def validate(cfg: config_dict.ConfigDict) -> None:
+    """Raise ConfigError naming the first impossible or unknown value in cfg."""
+    check_keys(cfg)
+    mc = model_config(cfg)
+    for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
+        _check(getattr(mc, name) > 0, f"model.{name}", f"must be positive, got {getattr(mc, name)}")
+    _check(mc.n_embd % mc.n_head == 0, "model.n_embd",
+           f"{mc.n_embd} is not divisible by model.n_head={mc.n_head}")
+    _check(cfg.model.vocab_multiple >= 1, "model.vocab_multiple", "must be >= 1")
+    for name in ("embd_dropout", "attn_dropout", "resid_dropout"):
+        _check(0.0 <= cfg.model[name] < 1.0, f"model.{name}", f"must be in [0, 1), got {cfg.model[name]}")
+    _choice(cfg, "model.dtype", DTYPES)
+    _choice(cfg, "model.param_dtype", DTYPES)
+    _choice(cfg, "model.attention", model_lib.ATTENTION_IMPLEMENTATIONS)
+    _choice(cfg, "model.remat", model_lib.REMAT_POLICIES)
+    _choice(cfg, "data.tokenizer", TOKENIZERS)
+    d = cfg.data
+    _check(d.seq_len > 0, "data.seq_len", f"must be positive, got {d.seq_len}")
+    _check(d.seq_len <= mc.n_positions, "data.seq_len",
+           f"{d.seq_len} exceeds the model's context model.n_positions={mc.n_positions}")
+    _check(d.batch_size > 0, "data.batch_size", f"must be positive, got {d.batch_size}")
+    o = cfg.optim
+    _choice(cfg, "optim.name", ("adamw",))
+    _choice(cfg, "optim.schedule", SCHEDULES)
+    _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optim.b1", "b1 and b2 must be in [0, 1)")
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    _check(o.accum_steps >= 1, "optim.accum_steps", f"must be >= 1, got {o.accum_steps}")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    _check(0 <= o.label_smoothing < 1, "optim.label_smoothing", "must be in [0, 1)")
+    t = cfg.train
+    _check(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
+    _check(o.warmup_steps <= max(t.steps, 1), "optim.warmup_steps",
+           f"{o.warmup_steps} exceeds train.steps={t.steps}")
+    for name in ("log_every", "eval_every"):
+        _check(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
+    _check(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    _check(cfg.checkpoint.every > 0, "checkpoint.every", "must be positive")
+    _check(cfg.checkpoint.max_to_keep >= 1, "checkpoint.max_to_keep", "must be >= 1")
+    for name in ("data", "fsdp", "tensor"):
+        v = cfg.mesh[name]
+        _check(v == -1 or v >= 1, f"mesh.{name}", f"must be -1 (all remaining devices) or >= 1, got {v}")
+
+
+def load_config(path: str, overrides: Iterable[str] = ()) -> config_dict.ConfigDict:
+    """Run an experiment file's get_config(), apply overrides, validate; returns the config."""
+    cfg = _load_experiment(path)
+    check_keys(cfg)
+    for assignment in overrides:
+        apply_override(cfg, assignment)
+    validate(cfg)
+    return cfg
+
+
+def to_json(cfg: config_dict.ConfigDict) -> str:
+    """The config as indented JSON (saved beside every run and checkpoint)."""
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+
+
+def from_dict(d: dict) -> config_dict.ConfigDict:
+    """Rebuild a config saved by to_json, checked against the current base config."""
+    cfg = base_config()
+    flat = _flat_keys(config_dict.ConfigDict(d))
+    for key, value in flat.items():
+        apply_override(cfg, f"{key}={value!r}")
+    validate(cfg)
+    return cfg

@@ -1,0 +1,242 @@
+"""One experiment end to end: config -> data, model, optimizer -> training loop -> eval, checkpoint, sample."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from ml_collections import config_dict
+from tqdm.auto import tqdm
+
+from gpt2_jax import checkpoint as ckpt
+from gpt2_jax import config as config_lib
+from gpt2_jax import evaluate, generate, metrics as metrics_lib, optim, train
+from gpt2_jax import model as model_lib
+from gpt2_jax.data import tokenizers, tokens as tokens_lib
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class Components:
+    """What a run is built from; made once from the config."""
+
+    cfg: config_dict.ConfigDict
+    tokenizer: Any
+    model: model_lib.GPT2
+    schedule: Callable
+    optimizer: Any
+    splits: dict[str, tokens_lib.TokenSplit]
+
+
+def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> Components:
+    """Tokenizer, prepared token splits, model, schedule and optimizer for cfg."""
+    d = cfg.data
+    data_dir = str(pathlib.Path(d.data_dir).expanduser())
+    tokenizer = tokenizers.make_tokenizer(d.tokenizer)
+    splits = {}
+    for role in ("train", "eval", "test"):
+        name = d[f"{role}_split"]
+        if name:
+            path = tokens_lib.prepare_split(d.source, name, tokenizer, data_dir, show_progress=cfg.train.progress)
+            splits[role] = tokens_lib.load_split(path)
+    mcfg = config_lib.model_config(cfg, tokenizer.vocab_size)
+    if mcfg.vocab_size < tokenizer.vocab_size:
+        raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
+                                     f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
+    schedule, optimizer = optimizer_from_config(cfg)
+    return Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits)
+
+
+def optimizer_from_config(cfg: config_dict.ConfigDict):
+    """(schedule, optax optimizer) for cfg.optim over cfg.train.steps."""
+    o = cfg.optim
+    schedule = optim.make_schedule(o.schedule, o.lr, cfg.train.steps, o.warmup_steps,
+                                   min_lr_ratio=o.min_lr_ratio, decay_steps=o.decay_steps)
+    optimizer = optim.make_optimizer(lr=schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                                     grad_clip=o.grad_clip)
+    return schedule, optimizer
+
+
+def train_batch(c: Components, step: int) -> np.ndarray:
+    """The (accum, B, T+1) batch of optimizer step `step`: a pure function of (seed, step)."""
+    d, accum = c.cfg.data, c.cfg.optim.accum_steps
+    return np.stack([tokens_lib.train_batch(c.splits["train"].tokens, d.seed, step * accum + a, d.batch_size,
+                                            d.seq_len) for a in range(accum)])
+
+
+def _meta(c: Components, step: int, metrics: dict) -> dict:
+    return {
+        "tokenizer": c.tokenizer.spec(),
+        "data_position": {"step": step, "seed": c.cfg.data.seed},
+        "model": dataclasses.asdict(c.model.cfg),
+        "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
+        "metrics": metrics,
+    }
+
+
+def _restore_or_init(c: Components, manager, echo) -> train.TrainState:
+    rng = jax.random.key(c.cfg.train.seed)
+    init = lambda: train.init_state(c.model, c.optimizer, rng, c.cfg.data.seq_len)
+    step = manager.latest_step()
+    if step is None:
+        return jax.jit(init)()
+    _, meta = ckpt.restore_json(manager, step)
+    saved = meta.get("model", {})
+    now = dataclasses.asdict(c.model.cfg)
+    shape_keys = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "vocab_multiple", "param_dtype")
+    differ = [k for k in shape_keys if k in saved and saved[k] != now[k]]
+    if differ:
+        raise ckpt.CheckpointError(
+            f"run dir {manager.directory.parent} holds a model with different {', '.join(differ)} "
+            f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in differ)}); use a new train.run_dir")
+    state = ckpt.restore_state(manager, step, ckpt.abstract_like(jax.eval_shape(init)))
+    echo(f"resumed from step {step} in {manager.directory}")
+    return state
+
+
+def _install_stop_handler() -> dict:
+    flag = {"signal": None}
+
+    def handler(signum, frame):
+        flag["signal"] = signal.Signals(signum).name
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return flag
+
+
+def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train c.model per c.cfg, evaluating and checkpointing on the way; returns the final metrics."""
+    cfg, t = c.cfg, c.cfg.train
+    run_dir = pathlib.Path(t.run_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config_lib.to_json(cfg))
+    k = cfg.checkpoint
+    manager = ckpt.make_manager(run_dir, k.max_to_keep, k.keep_best, k.async_save)
+    state = _restore_or_init(c, manager, echo)
+    train_step, eval_step = train.jit_steps(
+        train.make_train_step(c.model, c.optimizer, c.schedule, cfg.optim.label_smoothing),
+        train.make_eval_step(c.model))
+    writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
+    flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
+
+    def run_eval(params, split="eval"):
+        return evaluate.evaluate_split(eval_step, params, c.splits[split], cfg.eval.batch_size, cfg.data.seq_len,
+                                       cfg.eval.max_batches, progress=False)
+
+    start = int(jax.device_get(state.step))
+    stop = _install_stop_handler()
+    last_val: dict[str, float] = {}
+    log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager)
+    saved = {start} if manager.latest_step() == start else set()
+    bar = tqdm(total=t.steps, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True)
+    log.bar = bar
+
+    def save(step):
+        log.flush()  # never checkpoint a state whose loss has not been checked
+        if step not in saved:
+            ckpt.save(manager, step, state, cfg.to_dict(), _meta(c, step, last_val),
+                      metrics={"val_loss": last_val["val_loss"]} if "val_loss" in last_val else None)
+            saved.add(step)
+
+    try:
+        for step in range(start, t.steps):
+            state, step_metrics = train_step(state, train_batch(c, step))
+            log.push(step + 1, step_metrics)  # logs the previous step's metrics, one step late
+            bar.update(1)
+            done = step + 1
+            if done % t.eval_every == 0 or done == t.steps:
+                log.flush()
+                last_val = {f"val_{k}": v for k, v in run_eval(state.params).items()}
+                writer.write(done, last_val)
+                bar.set_postfix(val_loss=f"{last_val['val_loss']:.3f}")
+                log.restart_clock()  # keep eval time out of the next tokens/s window
+            if done % k.every == 0 or done == t.steps:
+                save(done)
+                log.restart_clock()
+            if stop["signal"]:
+                save(done)
+                manager.wait_until_finished()
+                echo(f"stopped by {stop['signal']} at step {done}; checkpoint saved in {manager.directory}; "
+                     "run the same command again to resume")
+                raise SystemExit(130 if stop["signal"] == "SIGINT" else 143)
+        log.flush()
+    finally:
+        bar.close()
+        manager.wait_until_finished()
+        writer.close()
+    if start >= t.steps and not last_val:
+        last_val = {f"val_{k}": v for k, v in run_eval(state.params).items()}
+    results = {"step": t.steps, **last_val}
+    if "test" in c.splits:
+        results.update({f"test_{k}": v for k, v in run_eval(state.params, "test").items()})
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    manager.close()
+    return {"results": results, "state": state}
+
+
+class _TrainLog:
+    """Fetches each step's metrics one step late, checks them for NaN/inf, and logs them."""
+
+    def __init__(self, writer, tokens_per_step, flops_per_step, log_every, manager):
+        self.writer, self.manager, self.log_every = writer, manager, log_every
+        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.pending: list[tuple[int, Any]] = []
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.bar = None
+
+    def push(self, step: int, device_metrics) -> None:
+        """Queue step's metrics and process all but the newest (whose step may still be running)."""
+        self.pending.append((step, device_metrics))
+        self.window_steps += 1
+        while len(self.pending) > 1:
+            self._process(*self.pending.pop(0))
+
+    def restart_clock(self) -> None:
+        """Start a new tokens/s window (after work that is not training)."""
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def flush(self) -> None:
+        """Process every queued step (waits for the device)."""
+        while self.pending:
+            self._process(*self.pending.pop(0))
+
+    def _process(self, step: int, device_metrics) -> None:
+        m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+            last = self.manager.latest_step()
+            where = f"last good checkpoint: step {last} in {self.manager.directory}" if last else "no checkpoint saved"
+            raise TrainingDiverged(f"loss {m['loss']}, grad norm {m['grad_norm']} at step {step}; stopped "
+                                   f"({where}); lower optim.lr or raise optim.warmup_steps")
+        if step % self.log_every == 0:
+            now = time.perf_counter()
+            elapsed = max(now - self.window_start, 1e-9)
+            m["tokens_per_s"] = self.tokens_per_step * self.window_steps / elapsed
+            m["tflops"] = self.flops_per_step * self.window_steps / elapsed / 1e12
+            m["ppl"] = math.exp(min(m["loss"], 700.0))
+            self.writer.write(step, m)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+            self.window_start, self.window_steps = now, 0
+
+
+def sample_text(c: Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+                seed: int = 0) -> str:
+    """Decode a continuation of prompt (the prompt itself is not included)."""
+    ids = c.tokenizer.encode(prompt)
+    room = c.model.cfg.n_positions - len(ids)
+    new = generate.sample(c.model, params, ids, min(max_new_tokens, max(room, 0)), jax.random.key(seed),
+                          temperature=temperature, top_k=top_k, eos_id=c.tokenizer.eos_id)
+    return c.tokenizer.decode(new)
