@@ -48,7 +48,7 @@ def _cmd_train(args, overrides: list[str]) -> int:
     for role, split in comps.splits.items():
         h = split.header
         print(f"data {role}: {cfg.data.source}:{h.get('split')} {h['num_tokens']:,} tokens, "
-              f"{h['num_bytes']:,} bytes, {h.get('num_docs', '?')} documents", flush=True)
+              f"{h['num_bytes']:,} bytes, {h['num_documents']} documents", flush=True)
     out = experiment.fit(comps)
     r = out["results"]
     print(f"validation: loss {r['val_loss']:.4f} nats/token, ppl {r['val_ppl']:.3f}, "

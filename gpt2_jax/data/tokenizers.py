@@ -238,7 +238,8 @@ def _existing(path: os.PathLike | str) -> pathlib.Path:
 
 
 def _file_entry(role: str, path: pathlib.Path) -> dict:
-    return {"role": role, "path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"role": role, "path": str(path.resolve()), "sha256": digest}
 
 
 def make_tokenizer(name: str, **kwargs) -> Tokenizer:

@@ -63,11 +63,15 @@ def tokenizer_identity(spec: dict) -> dict:
 def split_dir(source: str, split: str, tokenizer: Tokenizer, data_dir: str | os.PathLike) -> pathlib.Path:
     """Returns `<data_dir>/tokens/<source>/<split>-<tokenizer name>-<hash of its spec>`."""
     source = sources.canonical_source(source)
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source)
+    safe = _safe_name(source)
     if safe != source.replace("/", "_"):  # a glob lost characters: keep names apart by a hash
         safe = f"{safe[:80]}-{_short_hash(source)}"
-    name = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', split)}-{tokenizer.name}-{_short_hash(tokenizer_identity(tokenizer.spec()))}"
-    return pathlib.Path(data_dir) / "tokens" / safe / name
+    spec_hash = _short_hash(tokenizer_identity(tokenizer.spec()))
+    return pathlib.Path(data_dir).expanduser() / "tokens" / safe / f"{_safe_name(split)}-{tokenizer.name}-{spec_hash}"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def _short_hash(obj) -> str:
@@ -98,21 +102,25 @@ def prepare_split(source: str, split: str, tokenizer: Tokenizer, data_dir: str |
     """Tokenizes `split` of `source` once into `tokens.bin` + `header.json`; returns their folder.
 
     A folder whose header matches (source, split, tokenizer, source fingerprint, format) is
-    reused as is. The files are written into a temporary sibling folder that is renamed into
-    place only when complete, so an interrupted run leaves nothing a later run would read.
+    reused as is; one whose source changed (e.g. edited `text:` files) is rebuilt. The files
+    are written into a temporary sibling folder that is renamed into place only when complete,
+    so an interrupted run leaves nothing a later run would read.
     """
     final = split_dir(source, split, tokenizer, data_dir)
     expected = _expected_header(source, split, tokenizer, data_dir)
-    if (final / HEADER).exists():
-        if _matches(load_split(final).header, expected):
-            return final
-        raise ValueError(f"{final} holds tokens of other data or another tokenizer; delete it to re-prepare")
+    stale = (final / HEADER).exists() and not _matches(load_split(final).header, expected)
+    if (final / HEADER).exists() and not stale:
+        return final
+    if stale:
+        print(f"Re-preparing {final}: its source files or format changed", flush=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         counts = _write_tokens(source, split, tokenizer, data_dir, tmp / TOKENS, show_progress)
         header = {**expected, **counts}
         (tmp / HEADER).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+        if stale:  # move the old copy aside first: rename cannot replace a non-empty folder
+            os.rename(final, tmp.with_name(tmp.name + "-old"))
         try:
             os.rename(tmp, final)
         except OSError:
@@ -120,6 +128,7 @@ def prepare_split(source: str, split: str, tokenizer: Tokenizer, data_dir: str |
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.with_name(tmp.name + "-old"), ignore_errors=True)
     return final
 
 
@@ -205,8 +214,9 @@ def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_l
     return out
 
 
-def num_eval_batches(num_tokens: int, batch_size: int, seq_len: int) -> int:
-    """Returns how many batches `eval_batches` yields for a split of `num_tokens` tokens."""
+def num_eval_batches(tokens: np.ndarray | int, batch_size: int, seq_len: int) -> int:
+    """Returns how many batches `eval_batches(tokens, ...)` yields; `tokens` may be a count."""
+    num_tokens = tokens if isinstance(tokens, (int, np.integer)) else len(tokens)
     windows = -(-(num_tokens - 1) // seq_len)
     return -(-windows // batch_size) if num_tokens > 1 else 0
 

@@ -1,0 +1,136 @@
+"""Schedules, weight-decay mask, clipping and gradient accumulation of gpt2_jax.optim."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gpt2_jax import model, optim
+from gpt2_jax.model import GPT2, GPT2Config
+
+CFG = GPT2Config(vocab_size=64, n_positions=16, n_layer=1, n_head=2, n_embd=32)  # 1 layer: compile time dominates
+PEAK, TOTAL, WARM = 1e-3, 1000, 100
+
+
+def _at(schedule, step):
+    return float(optim.learning_rate_at(schedule, step))
+
+
+@pytest.mark.parametrize("kind,mid,end", [
+    ("cosine", PEAK * (0.1 + 0.9 * 0.5), 0.1 * PEAK),  # mid of the decay: half way between peak and min
+    ("linear", PEAK * (1 - 0.9 * 0.5), 0.1 * PEAK),
+    ("constant", PEAK, PEAK),
+    ("wsd", PEAK, 0.1 * PEAK),
+])
+def test_schedule_shapes(kind, mid, end):
+    s = optim.make_schedule(kind, PEAK, TOTAL, WARM)
+    assert _at(s, 0) == 0.0
+    assert _at(s, WARM // 2) == pytest.approx(PEAK / 2)
+    assert _at(s, WARM) == pytest.approx(PEAK)
+    assert _at(s, (WARM + TOTAL) // 2) == pytest.approx(mid, rel=1e-5)
+    assert _at(s, TOTAL) == pytest.approx(end, rel=1e-5)
+    assert _at(s, 2 * TOTAL) == pytest.approx(end, rel=1e-5)
+
+
+def test_wsd_decays_over_last_steps():
+    s = optim.make_schedule("wsd", PEAK, TOTAL, WARM)  # default: last 20% = 200 steps
+    assert _at(s, 800) == pytest.approx(PEAK)
+    assert _at(s, 900) == pytest.approx(PEAK * 0.55, rel=1e-5)
+    s = optim.make_schedule("wsd", PEAK, TOTAL, WARM, min_lr_ratio=0.0, decay_steps=100)
+    assert _at(s, 900) == pytest.approx(PEAK) and _at(s, 950) == pytest.approx(PEAK / 2) and _at(s, TOTAL) == 0.0
+
+
+def test_schedule_errors_and_no_warmup():
+    with pytest.raises(ValueError, match="'cosine', 'linear', 'constant', 'wsd'"):
+        optim.make_schedule("exp", PEAK, TOTAL, WARM)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        optim.make_schedule("cosine", PEAK, 10, 20)
+    with pytest.raises(ValueError, match="decay_steps"):
+        optim.make_schedule("cosine", PEAK, TOTAL, WARM, decay_steps=10)
+    assert _at(optim.make_schedule("cosine", PEAK, TOTAL, 0), 0) == pytest.approx(PEAK)
+    assert optim.learning_rate_at(3e-4, 7) == 3e-4
+
+
+@pytest.fixture(scope="module")
+def boxed():
+    return model.init_params(CFG, jax.random.key(0), seq_len=8)
+
+
+def test_decay_mask_on_model_params(boxed):
+    for tree in (boxed, nn.meta.unbox(boxed)):
+        mask = nn.meta.unbox(optim.decay_mask(tree))
+        assert mask["wte"]["embedding"] and mask["wpe"]["embedding"]
+        assert mask["h_0"]["attn"]["qkv_kernel"] and mask["h_0"]["mlp"]["proj_kernel"]
+        assert not mask["h_0"]["attn"]["qkv_bias"] and not mask["h_0"]["ln_1"]["scale"]
+        assert not mask["h_0"]["mlp"]["fc_bias"] and not mask["ln_f"]["bias"]
+        assert sum(jax.tree.leaves(mask)) == 2 + 4 * CFG.n_layer
+
+
+def test_weight_decay_only_on_masked_leaves(boxed):
+    params = nn.meta.unbox(boxed)
+    tx = optim.make_optimizer(lr=0.1, weight_decay=0.5, grad_clip=0.0)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["h_0"]["attn"]["qkv_kernel"], params["h_0"]["attn"]["qkv_kernel"] * 0.95, rtol=1e-6)
+    np.testing.assert_array_equal(new["h_0"]["ln_1"]["scale"], params["h_0"]["ln_1"]["scale"])
+    # The boxed tree works too (the mask is built from whatever tree the optimizer sees).
+    boxed_updates, _ = tx.update(jax.tree.map(jnp.zeros_like, boxed), tx.init(boxed), boxed)
+    np.testing.assert_allclose(nn.meta.unbox(boxed_updates)["wte"]["embedding"], updates["wte"]["embedding"])
+
+
+def test_clipping_caps_global_norm():
+    params = {"w": jnp.ones((4, 4)), "b": jnp.ones((4,))}
+    grads = jax.tree.map(lambda p: 100.0 * p, params)  # global norm 100 * sqrt(20)
+    for clip, expected in [(1.0, 1.0), (0.0, float(optax.tree.norm(grads)))]:
+        tx = optim.make_optimizer(lr=1e-3, b1=0.5, grad_clip=clip)
+        _, state = tx.update(grads, tx.init(params), params)
+        mu = optax.tree_utils.tree_get(state, "mu")  # = (1 - b1) * the gradient adam saw
+        assert float(optax.tree.norm(mu)) / 0.5 == pytest.approx(expected, rel=1e-5)
+
+
+def _loss(params, ids):
+    logits = GPT2(CFG).apply({"params": params}, ids)
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+
+
+def _run(tx, params, batches, grad_fn):
+    """Apply tx once per batch; return the params after each call."""
+    update = jax.jit(tx.update)
+    state, history = tx.init(params), []
+    for batch in batches:
+        updates, state = update(grad_fn(params, batch), state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(params)
+    return history
+
+
+def test_gradient_accumulation_matches_big_batch(boxed):
+    params, k, b, t = nn.meta.unbox(boxed), 4, 2, 8
+    ids = jax.random.randint(jax.random.key(1), (2, k * b, t), 0, CFG.vocab_size)  # two optimizer steps
+    grad_fn = jax.jit(jax.grad(_loss))
+    # eps well above fp noise: the key bias gets an exactly-zero gradient (softmax is shift invariant),
+    # and with a tiny eps Adam would blow its ~1e-13 rounding noise up to +-lr in both runs differently.
+    kw = dict(lr=optim.make_schedule("cosine", 1e-2, 10, 0), eps=1e-3, grad_clip=0.5)
+    big = _run(optim.make_optimizer(**kw), params, list(ids), grad_fn)
+    micro = [ids[s, m * b:(m + 1) * b] for s in range(2) for m in range(k)]
+    acc = _run(optim.make_optimizer(**kw, accum_steps=k), params, micro, grad_fn)
+    for m in range(k - 1):  # no parameter change until the k-th micro-step
+        jax.tree.map(np.testing.assert_array_equal, acc[m], params)
+    for step in range(2):
+        expected, got = big[step], acc[(step + 1) * k - 1]
+        moved = optax.tree.norm(jax.tree.map(jnp.subtract, expected, params))
+        assert float(moved) > 0
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        for path, leaf_e, leaf_g, leaf_p in zip(paths, *map(jax.tree.leaves, (expected, got, params))):
+            rel = float(jnp.linalg.norm(leaf_g - leaf_e) / jnp.linalg.norm(leaf_e - leaf_p))
+            print(step, path, rel)
+
+
+def test_optimizer_kind_error():
+    with pytest.raises(ValueError, match="unknown optimizer kind 'sgd'"):
+        optim.make_optimizer("sgd")
