@@ -1,0 +1,110 @@
+"""`gpt2-jax train` / `sample` end to end on a small text corpus the test writes."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from gpt2_jax import api, cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT = str(ROOT / "experiments" / "default.py")
+
+VERSE = ("Shall I compare thee to a summer's day? Thou art more lovely and more temperate: "
+         "Rough winds do shake the darling buds of May, and summer's lease hath all too short a date.\n")
+
+
+def _corpus(tmp_path: pathlib.Path) -> str:
+    for split, n in (("train", 40), ("validation", 4), ("test", 4)):
+        d = tmp_path / "corpus" / split
+        d.mkdir(parents=True)
+        for i in range(2):
+            (d / f"doc{i}.txt").write_text(VERSE * n)
+    return f"text:{tmp_path}/corpus/{{split}}/*.txt"
+
+
+def _args(tmp_path, source, steps, *extra):
+    return ["train", "--config", DEFAULT, "--quiet",
+            f"--config.data.source={source}", f"--config.data.data_dir={tmp_path}/data",
+            f"--config.train.run_dir={tmp_path}/run", f"--config.train.steps={steps}",
+            "--config.model.preset=nano", "--config.data.seq_len=32", "--config.data.batch_size=8",
+            "--config.optim.warmup_steps=5", "--config.optim.lr=3e-3", "--config.train.eval_every=10",
+            "--config.checkpoint.every=10", "--config.train.log_every=5", "--config.train.sample_tokens=20",
+            "--config.train.tensorboard=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cli")
+    source = _corpus(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "gpt2_jax.cli", *_args(tmp_path, source, 30)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp_path, source, proc.stdout
+
+
+def test_train_reports_evaluates_checkpoints_and_samples(trained):
+    tmp_path, _, out = trained
+    run = tmp_path / "run"
+    assert "validation: loss" in out and "bits/byte" in out and "test (held out)" in out and "sample:" in out
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 30 and results["val_loss"] < 3.0  # ln(257) = 5.55 at init
+    assert results["test_bpb"] == pytest.approx(results["test_loss"] / 0.6931, rel=0.02)  # 1 byte per token
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 30
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20, 25, 30]
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    assert all(r["tokens_per_s"] > 0 for r in train_rows)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["steps"] == 30 and saved["model"]["preset"] == "nano"
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, capsys):
+    tmp_path, source, _ = trained
+    assert cli.main(_args(tmp_path, source, 40)) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 30" in out
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r][-2:] == [35, 40]
+
+
+def test_resume_refuses_a_different_model_shape(trained, capsys):
+    tmp_path, source, _ = trained
+    assert cli.main(_args(tmp_path, source, 50, "--config.model.n_embd=32")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpt2-jax: error:") and "n_embd: 64 -> 32" in err and "\n" not in err
+
+
+def test_sample_command_and_load(trained, capsys):
+    tmp_path, _, _ = trained
+    assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "Shall I", "--max-new-tokens", "12",
+                     "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Shall I")
+    m = api.load(tmp_path / "run")
+    greedy = m.generate("Shall I", max_new_tokens=12, temperature=0)
+    assert out.strip() == ("Shall I" + greedy).strip()
+    assert m.perplexity(VERSE[:100]) < 20
+    assert "params" in m.summary()
+    assert cli.main(["sample", "--run", str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoints" in capsys.readouterr().err
+
+
+def test_prompt_longer_than_context_is_one_line(trained, capsys):
+    tmp_path, _, _ = trained
+    assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 200, "--max-new-tokens", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "exceeds the model's context of 128 tokens" in err
+
+
+def test_divergence_stops_with_a_clear_message(tmp_path, capsys):
+    source = _corpus(tmp_path)
+    code = cli.main(_args(tmp_path, source, 30, "--config.optim.lr=1e30", "--config.optim.grad_clip=0.0",
+                          "--config.optim.warmup_steps=0"))
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert "lower optim.lr" in err and ("nan" in err or "inf" in err)
