@@ -165,7 +165,8 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise ValueError(f"{path} needs PyTorch to read; pip install torch, or convert it to model.safetensors") from None
+        raise ValueError(f"{path} needs PyTorch to read; pip install torch, or convert it to "
+                         "model.safetensors") from None
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     return {k: _to_numpy(v) for k, v in state.items()}
 

@@ -182,7 +182,7 @@ def _block_class(cfg: GPT2Config):
 
 
 class GPT2(nn.Module):
-    """GPT-2 language model. Returns logits (B, T, padded_vocab) with padded ids at -inf."""
+    """GPT-2 language model. Returns logits (B, T, padded_vocab); padded ids get the dtype's minimum."""
 
     cfg: GPT2Config
 

@@ -16,7 +16,7 @@ def _decay_tail(kind: str, peak_lr: float, min_ratio: float, steps: int, decay_s
     """The post-warmup part of a schedule, as a function of steps since warmup ended."""
     min_lr = min_ratio * peak_lr
     if kind == "cosine":
-        return optax.cosine_decay_schedule(peak_lr, decay_steps=max(steps, 1), alpha=min_ratio)
+        return optax.cosine_decay_schedule(peak_lr, max(steps, 1), alpha=min_ratio)
     if kind == "linear":
         return optax.linear_schedule(peak_lr, min_lr, transition_steps=max(steps, 1))
     if kind == "constant":
@@ -24,7 +24,7 @@ def _decay_tail(kind: str, peak_lr: float, min_ratio: float, steps: int, decay_s
     # wsd: hold the peak, then decay linearly over the last `decay_steps`.
     stable = steps - decay_steps
     return optax.join_schedules(
-        [optax.constant_schedule(peak_lr), optax.linear_schedule(peak_lr, min_lr, transition_steps=max(decay_steps, 1))],
+        [optax.constant_schedule(peak_lr), optax.linear_schedule(peak_lr, min_lr, max(decay_steps, 1))],
         boundaries=[stable],
     )
 
@@ -39,17 +39,19 @@ def make_schedule(kind: str, peak_lr: float, total_steps: int, warmup_steps: int
     """
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule kind {kind!r}; choose one of {SCHEDULES}")
-    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps; got {total_steps=}, {warmup_steps=}")
+    if total_steps < 0 or not 0 <= warmup_steps <= max(total_steps, 1):
+        raise ValueError(f"need 0 <= warmup_steps <= total_steps; got {total_steps=}, {warmup_steps=}")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1]; got {min_lr_ratio}")
     if decay_steps is not None and kind != "wsd":
         raise ValueError(f"decay_steps applies only to kind='wsd', not {kind!r}; leave it unset")
+    total_steps = max(total_steps, warmup_steps)  # total_steps=0 (no training) still gets a valid schedule
     after_warmup = total_steps - warmup_steps
     if kind == "wsd":
-        decay_steps = round(0.2 * total_steps) if decay_steps is None else decay_steps
+        decay_steps = min(round(0.2 * total_steps), after_warmup) if decay_steps is None else decay_steps
         if not 0 <= decay_steps <= after_warmup:
-            raise ValueError(f"wsd decay_steps={decay_steps} must be in [0, total_steps - warmup_steps = {after_warmup}]")
+            raise ValueError(f"wsd decay_steps={decay_steps} must be in [0, total_steps - warmup_steps]"
+                             f" = [0, {after_warmup}]")
     tail = _decay_tail(kind, peak_lr, min_lr_ratio, after_warmup, decay_steps or 0)
     if warmup_steps == 0:
         return tail
@@ -78,8 +80,8 @@ def decay_mask(params) -> Any:
         lambda path, x: len(x.shape) >= 2 and not _leaf_name(path).endswith(("bias", "scale")), params)
 
 
-def make_optimizer(kind: str = "adamw", lr: float | optax.Schedule = 3e-4, b1: float = 0.9, b2: float = 0.95,
-                   eps: float = 1e-8, weight_decay: float = 0.1, grad_clip: float = 1.0,
+def make_optimizer(kind: str = "adamw", lr: float | optax.Schedule = 3e-4, b1: float = 0.9,
+                   b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.1, grad_clip: float = 1.0,
                    accum_steps: int = 1) -> optax.GradientTransformation:
     """clip_by_global_norm(grad_clip) -> AdamW (decay masked to >= 2-D params), optionally accumulated.
 
