@@ -75,7 +75,7 @@ def _torch_stepper(cfg: model_lib.GPT2Config, batch: np.ndarray, threads: int) -
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        float(loss)
+        loss.item()
 
     return step
 

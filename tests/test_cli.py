@@ -108,3 +108,14 @@ def test_divergence_stops_with_a_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err
     assert "lower optim.lr" in err and ("nan" in err or "inf" in err)
+
+
+def test_bench_prints_both_implementations_and_their_ratio(tmp_path, capsys):
+    report_path = tmp_path / "bench.json"
+    assert cli.main(["bench", "--preset", "nano", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
+                     "--warmup", "1", "--peer", "hf-torch", "--json", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    assert "gpt2_jax" in out and "hf-torch" in out and "ratio gpt2_jax / hf-torch" in out
+    report = json.loads(report_path.read_text())
+    assert report["results"]["gpt2_jax"]["tokens_per_s"] > 0 and report["ratio_vs_hf_torch"] > 0
+    assert report["flops_per_token"] == 6 * (report["params"] - 128 * 64) + 12 * 2 * 16 * 64
