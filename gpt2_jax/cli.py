@@ -56,7 +56,8 @@ def _cmd_train(args, overrides: list[str]) -> int:
     if "test_loss" in r:
         print(f"test (held out): loss {r['test_loss']:.4f} nats/token, ppl {r['test_ppl']:.3f}, "
               f"bits/byte {r['test_bpb']:.4f}", flush=True)
-    print(f"checkpoint: {os.path.abspath(cfg.train.run_dir)}/checkpoints/{r['step']}", flush=True)
+    run_dir = os.path.abspath(cfg.train.run_dir)
+    print(f"checkpoint: {run_dir}/checkpoints/{r['step']}; loss curve: {run_dir}/loss.png", flush=True)
     if cfg.train.sample_tokens > 0:
         text = experiment.sample_text(comps, out["state"].params, cfg.train.sample_prompt, cfg.train.sample_tokens,
                                       cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from gpt2_jax import checkpoint as ckpt
 from gpt2_jax import config as config_lib
-from gpt2_jax import evaluate, generate, metrics as metrics_lib, optim, train
+from gpt2_jax import evaluate, generate, metrics as metrics_lib, optim, plots, train
 from gpt2_jax import model as model_lib
 from gpt2_jax.data import tokenizers, tokens as tokens_lib
 
@@ -183,6 +183,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     if "test" in c.splits:
         results.update({f"test_{k}": v for k, v in run_eval(state.params, "test").items()})
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    plots.plot_loss_curve(run_dir)
     manager.close()
     return {"results": results, "state": state}
 
