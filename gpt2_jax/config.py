@@ -40,7 +40,7 @@ def base_config() -> config_dict.ConfigDict:
         vocab_multiple=1,  # round the embedding table up (e.g. 128: 50257 -> 50304)
         embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
         init_std=0.02, dtype="float32", param_dtype="float32",
-        attention="auto",  # auto | xla | cudnn
+        attention="auto",  # auto | xla | cudnn | blocked
         remat="none",  # none | full | dots
     )
     c.data = dict(

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt2_jax import attention
+
 # Architecture of the published checkpoints (vocab 50257, 1024 positions).
 PRESETS: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
@@ -27,7 +29,7 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 REMAT_POLICIES = ("none", "full", "dots")
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = attention.IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,7 @@ class GPT2Config:
     init_std: float = 0.02
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention: str = "auto"
+    attention: str = "auto"  # auto | xla | cudnn | blocked (attention.py)
     remat: str = "none"
 
     @property
@@ -89,14 +91,6 @@ def _layer_norm(cfg: GPT2Config, name: str) -> nn.LayerNorm:
     )
 
 
-def _attention_implementation(cfg: GPT2Config) -> str | None:
-    if cfg.attention == "auto":
-        # cuDNN flash attention needs half precision; XLA's path runs everywhere.
-        half = jnp.dtype(cfg.dtype) in (jnp.bfloat16, jnp.float16)
-        return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
-    return cfg.attention
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused (D, 3, H, hd) qkv kernel."""
 
@@ -118,10 +112,8 @@ class CausalSelfAttention(nn.Module):
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         if cfg.attn_dropout > 0 and not deterministic:
             y = self._attention_with_dropout(q, k, v, mask)
-        elif mask is None:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=_attention_implementation(cfg))
         else:
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=_attention_implementation(cfg))
+            y = attention.causal_attention(q, k, v, mask, cfg.attention)
         y = jnp.einsum("bthk,hkd->btd", y, w_out.astype(dtype)) + b_out.astype(dtype)
         return y
 
