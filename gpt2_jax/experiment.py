@@ -132,9 +132,9 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
     flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
 
-    def run_eval(params, split="eval"):
+    def run_eval(params, split="eval", max_batches=cfg.eval.max_batches, progress=False):
         return evaluate.evaluate_split(eval_step, params, c.splits[split], cfg.eval.batch_size, cfg.data.seq_len,
-                                       cfg.eval.max_batches, progress=False)
+                                       max_batches, progress=progress, desc=f"final {split}")
 
     start = int(jax.device_get(state.step))
     stop = _install_stop_handler()
@@ -177,11 +177,13 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
         bar.close()
         manager.wait_until_finished()
         writer.close()
-    if start >= t.steps and not last_val:
-        last_val = {f"val_{k}": v for k, v in run_eval(state.params).items()}
-    results = {"step": t.steps, **last_val}
-    if "test" in c.splits:
-        results.update({f"test_{k}": v for k, v in run_eval(state.params, "test").items()})
+    # The reported numbers always score every token of the held-out splits (eval.max_batches is
+    # only for the periodic evaluations).
+    results = {"step": t.steps}
+    for role, prefix in (("eval", "val"), ("test", "test")):
+        if role in c.splits:
+            full = run_eval(state.params, role, max_batches=None, progress=t.progress)
+            results.update({f"{prefix}_{k}": v for k, v in full.items()})
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     plots.plot_loss_curve(run_dir)
     manager.close()
