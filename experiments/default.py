@@ -16,11 +16,11 @@ def get_config():
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 30
     c.optim.min_lr_ratio = 0.05
-    c.train.steps = 1500
-    c.train.eval_every = 500
+    c.train.steps = 1800
+    c.train.eval_every = 600
     c.train.log_every = 50
     c.train.sample_tokens = 120
     c.eval.max_batches = 16
-    c.checkpoint.every = 500
+    c.checkpoint.every = 600
     c.train.run_dir = "runs/default"
     return c

@@ -91,9 +91,9 @@ def _time(step: Callable[[], None], n: int) -> list[float]:
 
 def bench_train(preset: str, batch_size: int, seq_len: int, steps: int = 10, vocab_size: int = 257,
                 peer: str = "none", dtype: str = "float32", warmup: int = 2, rounds: int = 2,
-                threads: int | None = None) -> dict[str, Any]:
+                threads: int | None = None, attention: str = "auto") -> dict[str, Any]:
     """Time `steps` train steps (after `warmup`) of preset at (batch_size, seq_len); optional peer."""
-    cfg = model_lib.config_from_preset(preset, vocab_size=vocab_size, dtype=dtype,
+    cfg = model_lib.config_from_preset(preset, vocab_size=vocab_size, dtype=dtype, attention=attention,
                                        n_positions=max(seq_len, model_lib.PRESETS[preset].get("n_positions", 1024)))
     batch = np.random.default_rng(0).integers(0, vocab_size, (batch_size, seq_len + 1), dtype=np.int32)
     steppers = {}
@@ -121,7 +121,7 @@ def bench_train(preset: str, batch_size: int, seq_len: int, steps: int = 10, voc
             "mfu": flops_tok * tokens / med / peak if peak and name == "gpt2_jax" else None,
         }
     report = {
-        "preset": preset, "batch_size": batch_size, "seq_len": seq_len, "vocab_size": vocab_size, "dtype": dtype,
+        "preset": preset, "attention": attention, "batch_size": batch_size, "seq_len": seq_len, "vocab_size": vocab_size, "dtype": dtype,
         "params": model_lib.count_params(model_lib.param_shapes(cfg)), "flops_per_token": flops_tok,
         "flops_formula": "6*N(non-embedding incl. tied head) + 12*L*T*d", "peak_flops": peak,
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}", "host": platform.processor() or platform.machine(),
@@ -139,7 +139,8 @@ def _cpu_threads() -> int:
 
 def format_report(r: dict[str, Any]) -> str:
     """The report as an aligned text table plus a ratio line."""
-    lines = [f"train step: preset {r['preset']} ({r['params']:,} params), batch {r['batch_size']} x {r['seq_len']}, "
+    lines = [f"train step: preset {r['preset']} ({r['params']:,} params), attention {r['attention']}, "
+             f"batch {r['batch_size']} x {r['seq_len']}, "
              f"vocab {r['vocab_size']}, {r['dtype']}, device {r['device']}, {r['steps']} timed steps",
              f"FLOPs/token {r['flops_per_token']:,} = {r['flops_formula']}; peak "
              + (f"{r['peak_flops'] / 1e12:.0f} TFLOP/s" if r["peak_flops"] else "unknown (no MFU)"),

@@ -84,7 +84,8 @@ def _cmd_bench(args, overrides: list[str]) -> int:
     from gpt2_jax import bench
 
     report = bench.bench_train(args.preset, args.batch_size, args.seq_len, args.steps, vocab_size=args.vocab_size,
-                               peer=args.peer, dtype=args.dtype, warmup=args.warmup)
+                               peer=args.peer, dtype=args.dtype, warmup=args.warmup, rounds=args.rounds,
+                               attention=args.attention)
     print(bench.format_report(report), flush=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -117,6 +118,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--dtype", default="float32")
+    b.add_argument("--attention", default="auto", help="auto | xla | cudnn | blocked")
+    b.add_argument("--rounds", type=int, default=2, help="interleaved rounds (steps are split among them)")
     b.add_argument("--peer", choices=["none", "hf-torch"], default="none")
     b.add_argument("--json", help="also write the report here")
     return p

@@ -8,6 +8,7 @@ import math
 import pathlib
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -105,15 +106,18 @@ def _restore_or_init(c: Components, manager, echo) -> train.TrainState:
     return state
 
 
-def _install_stop_handler() -> dict:
-    flag = {"signal": None}
+def _install_stop_handler() -> tuple[dict, dict]:
+    """Turn SIGTERM/SIGINT into a flag the loop checks (checkpoint, then exit); returns the old handlers."""
+    flag, previous = {"signal": None}, {}
+    if threading.current_thread() is not threading.main_thread():
+        return flag, previous  # signals can only be caught on the main thread (e.g. not in a worker)
 
     def handler(signum, frame):
         flag["signal"] = signal.Signals(signum).name
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-    return flag
+        previous[sig] = signal.signal(sig, handler)
+    return flag, previous
 
 
 def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -137,7 +141,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                                        max_batches, progress=progress, desc=f"final {split}")
 
     start = int(jax.device_get(state.step))
-    stop = _install_stop_handler()
+    stop, previous_handlers = _install_stop_handler()
     last_val: dict[str, float] = {}
     log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager)
     saved = {start} if manager.latest_step() == start else set()
@@ -174,6 +178,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 raise SystemExit(130 if stop["signal"] == "SIGINT" else 143)
         log.flush()
     finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
         bar.close()
         manager.wait_until_finished()
         writer.close()
