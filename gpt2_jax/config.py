@@ -18,10 +18,10 @@ from typing import Any, Iterable
 from ml_collections import config_dict
 
 from gpt2_jax import model as model_lib
+from gpt2_jax import optim
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
 DTYPES = ("float32", "bfloat16", "float16")
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
 TOKENIZERS = ("byte", "gpt2")
 
 
@@ -214,8 +214,8 @@ def validate(cfg: config_dict.ConfigDict) -> None:
            f"{d.seq_len} exceeds the model's context model.n_positions={mc.n_positions}")
     _check(d.batch_size > 0, "data.batch_size", f"must be positive, got {d.batch_size}")
     o = cfg.optim
-    _choice(cfg, "optim.name", ("adamw",))
-    _choice(cfg, "optim.schedule", SCHEDULES)
+    _choice(cfg, "optim.name", optim.OPTIMIZERS)
+    _choice(cfg, "optim.schedule", optim.SCHEDULES)
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optim.b1", "b1 and b2 must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")

@@ -108,10 +108,10 @@ def prepare_split(source: str, split: str, tokenizer: Tokenizer, data_dir: str |
     """
     final = split_dir(source, split, tokenizer, data_dir)
     expected = _expected_header(source, split, tokenizer, data_dir)
-    stale = (final / HEADER).exists() and not _matches(load_split(final).header, expected)
-    if (final / HEADER).exists() and not stale:
-        return final
+    stale = (final / HEADER).exists()
     if stale:
+        if _matches(load_split(final).header, expected):
+            return final
         print(f"Re-preparing {final}: its source files or format changed", flush=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
