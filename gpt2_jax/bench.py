@@ -15,12 +15,10 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gpt2_jax import model as model_lib
-from gpt2_jax import train
+from gpt2_jax import optim, train
 
 # Dense bf16 peak FLOP/s by device kind (per chip); MFU is not reported where the peak is unknown.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -37,7 +35,8 @@ def device_peak_flops(device: jax.Device) -> float | None:
 
 def _jax_stepper(cfg: model_lib.GPT2Config, batch: np.ndarray) -> tuple[Callable[[], None], float]:
     model = model_lib.GPT2(cfg)
-    optimizer = optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1)
+    # The project's optimizer (clip 1.0, AdamW, masked decay): the same work as the torch peer's step.
+    optimizer = optim.make_optimizer(lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0)
     step_fn = jax.jit(train.make_train_step(model, optimizer, lambda s: 3e-4), donate_argnums=(0,))
     state = jax.jit(lambda: train.init_state(model, optimizer, jax.random.key(0), batch.shape[-1] - 1))()
     dev_batch = jax.device_put(batch[None])
