@@ -1,4 +1,4 @@
-"""`gpt2-jax` command line: train, sample, bench. The only module that reads the environment."""
+"""`gpt2-jax` command line: train, sample, bench, plan. The only module that reads the environment."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import time
 
 
 class _UsageError(ValueError):
+    pass
+
+
+def _silent(*args, **kwargs) -> None:
     pass
 
 
@@ -29,40 +33,59 @@ def _split_overrides(extra: list[str]) -> list[str]:
     return out
 
 
+def _join_cluster(args) -> None:
+    """Initialize jax.distributed from the flags or the launcher's environment (before any JAX work)."""
+    from gpt2_jax import distributed
+
+    spec = distributed.detect(args.coordinator, args.num_processes, args.process_id, args.local_device_ids,
+                              args.coordinator_timeout, env=os.environ)
+    distributed.initialize(spec)
+    if spec.mode != "single":
+        import jax
+
+        if jax.process_index() == 0:
+            print(f"cluster: {jax.process_count()} processes ({spec.source}), {jax.device_count()} devices, "
+                  f"{jax.local_device_count()} per process", flush=True)
+
+
 def _cmd_train(args, overrides: list[str]) -> int:
     from gpt2_jax import config as config_lib
 
     cfg = config_lib.load_config(args.config, overrides)
-    from gpt2_jax import experiment  # after validation, so a config typo fails before JAX loads
+    _join_cluster(args)
+    from gpt2_jax import distributed, experiment  # after validation, so a config typo fails before JAX loads
     if args.quiet:
         cfg.train.progress = False
-    print(f"config ({args.config}):\n{config_lib.to_json(cfg)}", flush=True)
+    say = print if distributed.is_primary() else _silent  # one process speaks for the run
+    say(f"config ({args.config}):\n{config_lib.to_json(cfg)}", flush=True)
     t0 = time.perf_counter()
     comps = experiment.build(cfg)
     mcfg = comps.model.cfg
     from gpt2_jax import model as model_lib
 
     n = model_lib.count_params(model_lib.param_shapes(mcfg))
-    print(f"model: {mcfg.n_layer} layers x {mcfg.n_embd} wide x {mcfg.n_head} heads, {n:,} params, "
-          f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
+    say(f"model: {mcfg.n_layer} layers x {mcfg.n_embd} wide x {mcfg.n_head} heads, {n:,} params, "
+        f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
     for role, split in comps.splits.items():
         h = split.header
-        print(f"data {role}: {cfg.data.source}:{h.get('split')} {h['num_tokens']:,} tokens, "
-              f"{h['num_bytes']:,} bytes, {h['num_documents']} documents", flush=True)
-    out = experiment.fit(comps)
+        say(f"data {role}: {cfg.data.source}:{h.get('split')} {h['num_tokens']:,} tokens, "
+            f"{h['num_bytes']:,} bytes, {h['num_documents']} documents", flush=True)
+    out = experiment.fit(comps, echo=say)
     r = out["results"]
-    print(f"validation: loss {r['val_loss']:.4f} nats/token, ppl {r['val_ppl']:.3f}, "
-          f"bits/byte {r['val_bpb']:.4f}", flush=True)
+    say(f"validation: loss {r['val_loss']:.4f} nats/token, ppl {r['val_ppl']:.3f}, "
+        f"bits/byte {r['val_bpb']:.4f}", flush=True)
     if "test_loss" in r:
-        print(f"test (held out): loss {r['test_loss']:.4f} nats/token, ppl {r['test_ppl']:.3f}, "
-              f"bits/byte {r['test_bpb']:.4f}", flush=True)
+        say(f"test (held out): loss {r['test_loss']:.4f} nats/token, ppl {r['test_ppl']:.3f}, "
+            f"bits/byte {r['test_bpb']:.4f}", flush=True)
     run_dir = os.path.abspath(cfg.train.run_dir)
-    print(f"checkpoint: {run_dir}/checkpoints/{r['step']}; loss curve: {run_dir}/loss.png", flush=True)
+    say(f"checkpoint: {run_dir}/checkpoints/{r['step']}; loss curve: {run_dir}/loss.png", flush=True)
     if cfg.train.sample_tokens > 0:
-        text = experiment.sample_text(comps, out["state"].params, cfg.train.sample_prompt, cfg.train.sample_tokens,
-                                      cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)
-        print(f"sample:\n{cfg.train.sample_prompt}{text}", flush=True)
-    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+        params = distributed.to_host(out["state"].params)  # collective: gathers shards other processes hold
+        if distributed.is_primary():
+            text = experiment.sample_text(comps, params, cfg.train.sample_prompt, cfg.train.sample_tokens,
+                                          cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)
+            say(f"sample:\n{cfg.train.sample_prompt}{text}", flush=True)
+    say(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
 
@@ -93,6 +116,43 @@ def _cmd_bench(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_plan(args, overrides: list[str]) -> int:
+    if args.devices:  # virtual CPU devices; XLA reads this when the backend starts, after this line
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
+    from gpt2_jax import config as config_lib
+
+    base = config_lib.load_config(args.config, overrides)
+    from gpt2_jax import plan
+
+    rows = []
+    presets = args.presets.split(",") if args.presets else [base.model.preset]
+    for preset in presets:
+        for mesh in args.mesh or [None]:
+            for remat in args.remat.split(",") if args.remat else [base.model.remat]:
+                cfg = config_lib.load_config(args.config, [*overrides, f"model.preset={preset}",
+                                                           f"model.remat={remat}", *_mesh_overrides(mesh)])
+                row = plan.plan_memory(cfg)
+                rows.append(row)
+                print(f"compiled {preset} mesh {row['mesh']} remat {remat} in {row['compile_s']:.0f} s",
+                      file=sys.stderr, flush=True)
+    print(plan.format_plan(rows, args.device_gib), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+def _mesh_overrides(mesh: str | None) -> list[str]:
+    if mesh is None:
+        return []
+    sizes = mesh.split(",")
+    if len(sizes) != 3:
+        raise _UsageError(f"--mesh {mesh!r} needs three sizes DATA,FSDP,TENSOR, e.g. 1,8,1 (-1: the rest)")
+    return [f"mesh.{axis}={n}" for axis, n in zip(("data", "fsdp", "tensor"), sizes)]
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argparse parser of `gpt2-jax` (overrides --config.* are collected separately)."""
     p = argparse.ArgumentParser(prog="gpt2-jax", description="GPT-2 in JAX/Flax: train, sample, bench.")
@@ -101,6 +161,12 @@ def make_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an experiment config (resumes if the run dir has checkpoints)")
     t.add_argument("--config", required=True, help="experiments/<name>.py; then --config.section.key=value")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = t.add_argument_group("multi-process (default: GPT2_JAX_* env, else SLURM / TPU-pod auto-detection)")
+    g.add_argument("--coordinator", help="HOST:PORT of process 0, reachable from every process")
+    g.add_argument("--num-processes", type=int, help="processes in the run")
+    g.add_argument("--process-id", type=int, help="this process's id, 0..N-1")
+    g.add_argument("--local-device-ids", help="comma-separated local device ids this process uses, e.g. 0")
+    g.add_argument("--coordinator-timeout", type=int, default=300, help="seconds to wait for all processes")
     s = sub.add_parser("sample", help="sample text from a run directory")
     s.add_argument("--run", required=True)
     s.add_argument("--prompt", default="")
@@ -122,6 +188,14 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=2, help="interleaved rounds (steps are split among them)")
     b.add_argument("--peer", choices=["none", "hf-torch"], default="none")
     b.add_argument("--json", help="also write the report here")
+    pl = sub.add_parser("plan", help="per-device memory of a config's train step, compiled for a virtual mesh")
+    pl.add_argument("--config", required=True)
+    pl.add_argument("--devices", type=int, help="virtual CPU devices to compile for (default: the real ones)")
+    pl.add_argument("--mesh", action="append", help="DATA,FSDP,TENSOR (repeatable), e.g. --mesh 8,1,1 --mesh 1,8,1")
+    pl.add_argument("--presets", help="comma-separated model presets (default: the config's)")
+    pl.add_argument("--remat", help="comma-separated remat policies, e.g. none,full (default: the config's)")
+    pl.add_argument("--device-gib", type=float, default=80.0, help="memory per device for the 'fits' column")
+    pl.add_argument("--json", help="also write the rows here")
     return p
 
 
@@ -129,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gpt2-jax` console script."""
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
-    commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench}
+    commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan}
     try:
         return commands[args.command](args, _split_overrides(extra))
     except (ValueError, FileNotFoundError, RuntimeError) as e:

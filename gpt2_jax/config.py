@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from ml_collections import config_dict
 
 from gpt2_jax import model as model_lib
-from gpt2_jax import optim
+from gpt2_jax import optim, sharding
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -60,7 +60,9 @@ def base_config() -> config_dict.ConfigDict:
         log_every=50, eval_every=250, progress=True, tensorboard=True,
         sample_prompt="ROMEO:", sample_tokens=200, sample_temperature=0.8, sample_top_k=40,
     )
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    # Devices per slice/node on each axis (-1: all remaining); dcn_*: slices/nodes on each axis.
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
+                  rules="fsdp+tp")  # dp | fsdp | tp | fsdp+tp, or 'logical=axis,...' (sharding.py)
     c.eval = dict(batch_size=32, max_batches=ph(int))  # None: the whole split
     c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True)
     return c
@@ -157,7 +159,11 @@ def apply_override(cfg: config_dict.ConfigDict, assignment: str) -> None:
     want = base_config()
     for p in parts[:-1]:
         want = want[p]
-    value = _coerce(key, _parse_value(raw), want.get_type(parts[-1]))
+    wanted_type = want.get_type(parts[-1])
+    value = _parse_value(raw)
+    if value is None and wanted_type is str and want[parts[-1]] is not None:
+        value = raw  # e.g. --config.model.remat=none: a choice named 'none', not a missing value
+    value = _coerce(key, value, wanted_type)
     node[parts[-1]] = value
 
 
@@ -235,6 +241,13 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     for name in ("data", "fsdp", "tensor"):
         v = cfg.mesh[name]
         _check(v == -1 or v >= 1, f"mesh.{name}", f"must be -1 (all remaining devices) or >= 1, got {v}")
+        _check(cfg.mesh[f"dcn_{name}"] >= 1, f"mesh.dcn_{name}", f"must be >= 1, got {cfg.mesh[f'dcn_{name}']}")
+    _check([cfg.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1, "mesh.data",
+           "at most one of mesh.data/fsdp/tensor may be -1")
+    try:
+        sharding.logical_rules(cfg.mesh.rules)
+    except sharding.ShardingError as e:
+        raise ConfigError(f"config key {e}") from None
 
 
 def load_config(path: str, overrides: Iterable[str] = ()) -> config_dict.ConfigDict:

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from gpt2_jax import sharding
 from gpt2_jax.data import tokens as tokens_lib
 
 
@@ -24,8 +25,12 @@ def metrics_from_nll(total_nll: float, num_tokens: float, num_bytes: float) -> d
 
 
 def evaluate_split(eval_step: Callable, params, split: tokens_lib.TokenSplit, batch_size: int, seq_len: int,
-                   max_batches: int | None = None, progress: bool = False, desc: str = "eval") -> dict[str, float]:
+                   max_batches: int | None = None, progress: bool = False, desc: str = "eval",
+                   batch_sharding: jax.sharding.NamedSharding | None = None) -> dict[str, float]:
     """Score every token of `split` once (non-overlapping windows of seq_len) and summarize.
+
+    With batch_sharding, each process reads only the rows of each batch its devices hold and the
+    batches are global arrays on that sharding's mesh.
 
     Bits per byte divide the NLL by the UTF-8 bytes the scored tokens stand for: the split's
     bytes-per-token ratio (from its header) times the number of scored tokens, which is exact
@@ -36,10 +41,14 @@ def evaluate_split(eval_step: Callable, params, split: tokens_lib.TokenSplit, ba
         total = min(total, max_batches)
     nll_sum, count_sum = 0.0, 0.0
     pending = []
-    batches = tokens_lib.eval_batches(split.tokens, batch_size, seq_len)
+    rows = None if batch_sharding is None else sharding.local_rows(batch_sharding, (batch_size, seq_len + 1))
+    batches = tokens_lib.eval_batches(split.tokens, batch_size, seq_len, rows=rows)
     for i, (batch, weights) in enumerate(tqdm(batches, total=total, desc=desc, disable=not progress, leave=False)):
         if i >= total:
             break
+        if batch_sharding is not None:
+            batch = jax.make_array_from_process_local_data(batch_sharding, batch, (batch_size, seq_len + 1))
+            weights = jax.make_array_from_process_local_data(batch_sharding, weights, (batch_size, seq_len))
         pending.append(eval_step(params, batch, weights))
         if len(pending) > 2:  # fetch late so the device keeps working while the host waits
             n, c = jax.device_get(pending.pop(0))

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from gpt2_jax import checkpoint as ckpt
 from gpt2_jax import config as config_lib
-from gpt2_jax import evaluate, generate, metrics as metrics_lib, optim, plots, train
+from gpt2_jax import distributed, evaluate, generate, metrics as metrics_lib, optim, plots, sharding, train
 from gpt2_jax import model as model_lib
 from gpt2_jax.data import tokenizers, tokens as tokens_lib
 
@@ -46,11 +46,13 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> C
     data_dir = str(pathlib.Path(d.data_dir).expanduser())
     tokenizer = tokenizers.make_tokenizer(d.tokenizer)
     splits = {}
-    for role in ("train", "eval", "test"):
-        name = d[f"{role}_split"]
-        if name:
-            path = tokens_lib.prepare_split(d.source, name, tokenizer, data_dir, show_progress=cfg.train.progress)
-            splits[role] = tokens_lib.load_split(path)
+    roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
+    if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
+        for _, name in roles:
+            tokens_lib.prepare_split(d.source, name, tokenizer, data_dir, show_progress=cfg.train.progress)
+    distributed.sync("data prepared")
+    for role, name in roles:
+        splits[role] = tokens_lib.load_split(tokens_lib.prepare_split(d.source, name, tokenizer, data_dir))
     mcfg = config_lib.model_config(cfg, tokenizer.vocab_size)
     if mcfg.vocab_size < tokenizer.vocab_size:
         raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
@@ -69,11 +71,32 @@ def optimizer_from_config(cfg: config_dict.ConfigDict):
     return schedule, optimizer
 
 
-def train_batch(c: Components, step: int) -> np.ndarray:
-    """The (accum, B, T+1) batch of optimizer step `step`: a pure function of (seed, step)."""
+def train_batch(c: Components, step: int, rows: slice | None = None) -> np.ndarray:
+    """Rows `rows` (default all) of the (accum, B, T+1) batch of optimizer step `step`: a pure
+    function of (seed, step), whichever process reads which rows."""
     d, accum = c.cfg.data, c.cfg.optim.accum_steps
     return np.stack([tokens_lib.train_batch(c.splits["train"].tokens, d.seed, step * accum + a, d.batch_size,
-                                            d.seq_len) for a in range(accum)])
+                                            d.seq_len, rows) for a in range(accum)])
+
+
+def global_train_batch(c: Components, steps: train.Steps, step: int) -> jax.Array:
+    """The global (accum, B, T+1) batch of `step`, built from the rows this process holds."""
+    d = c.cfg.data
+    shape = (c.cfg.optim.accum_steps, d.batch_size, d.seq_len + 1)
+    return sharding.global_batch(steps.train_batch_sharding, shape, lambda rows: train_batch(c, step, rows),
+                                 batch_dim=1)
+
+
+def make_steps(c: Components, echo: Callable[[str], None] = print) -> train.Steps:
+    """The mesh from cfg.mesh, checked against the model and batch sizes, and the sharded steps on it."""
+    cfg = c.cfg
+    mesh = sharding.make_mesh(sharding.MeshSpec.from_config(cfg.mesh))
+    rules = sharding.logical_rules(cfg.mesh.rules)
+    sharding.check_layout(mesh.shape, rules, c.model.cfg.n_head, c.model.cfg.n_embd,
+                          {"data.batch_size": cfg.data.batch_size, "eval.batch_size": cfg.eval.batch_size})
+    echo(f"mesh: {sharding.describe(mesh)}, rules {cfg.mesh.rules}")
+    return train.make_steps(c.model, c.optimizer, c.schedule, mesh, rules, cfg.train.seed, cfg.data.seq_len,
+                            cfg.optim.label_smoothing)
 
 
 def _meta(c: Components, step: int, metrics: dict) -> dict:
@@ -86,12 +109,10 @@ def _meta(c: Components, step: int, metrics: dict) -> dict:
     }
 
 
-def _restore_or_init(c: Components, manager, echo) -> train.TrainState:
-    rng = jax.random.key(c.cfg.train.seed)
-    init = lambda: train.init_state(c.model, c.optimizer, rng, c.cfg.data.seq_len)
+def _restore_or_init(c: Components, steps: train.Steps, manager, echo) -> train.TrainState:
     step = manager.latest_step()
     if step is None:
-        return jax.jit(init)()
+        return steps.init()
     _, meta = ckpt.restore_json(manager, step)
     saved = meta.get("model", {})
     now = dataclasses.asdict(c.model.cfg)
@@ -101,7 +122,9 @@ def _restore_or_init(c: Components, manager, echo) -> train.TrainState:
         raise ckpt.CheckpointError(
             f"run dir {manager.directory.parent} holds a model with different {', '.join(differ)} "
             f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in differ)}); use a new train.run_dir")
-    state = ckpt.restore_state(manager, step, ckpt.abstract_like(jax.eval_shape(init)))
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          steps.abstract_state, steps.state_sharding)
+    state = ckpt.restore_state(manager, step, target)
     echo(f"resumed from step {step} in {manager.directory}")
     return state
 
@@ -121,31 +144,40 @@ def _install_stop_handler() -> tuple[dict, dict]:
 
 
 def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train c.model per c.cfg, evaluating and checkpointing on the way; returns the final metrics."""
+    """Train c.model per c.cfg, evaluating and checkpointing on the way; returns the final metrics.
+
+    Every process runs this; only process 0 writes logs, metrics, the progress bar, plots and
+    results, while all of them take part in each (collective) step, evaluation and checkpoint save.
+    """
     cfg, t = c.cfg, c.cfg.train
+    primary = distributed.is_primary()
+    echo = echo if primary else (lambda _: None)
     run_dir = pathlib.Path(t.run_dir).expanduser()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config_lib.to_json(cfg))
+    steps = make_steps(c, echo)  # fails fast on a mesh that does not fit, before any compile
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(config_lib.to_json(cfg))
+    distributed.sync("run dir ready")
     k = cfg.checkpoint
     manager = ckpt.make_manager(run_dir, k.max_to_keep, k.keep_best, k.async_save)
-    state = _restore_or_init(c, manager, echo)
-    train_step, eval_step = train.jit_steps(
-        train.make_train_step(c.model, c.optimizer, c.schedule, cfg.optim.label_smoothing),
-        train.make_eval_step(c.model))
-    writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard)
+    state = _restore_or_init(c, steps, manager, echo)
+    writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard) if primary else None
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
     flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
 
     def run_eval(params, split="eval", max_batches=cfg.eval.max_batches, progress=False):
-        return evaluate.evaluate_split(eval_step, params, c.splits[split], cfg.eval.batch_size, cfg.data.seq_len,
-                                       max_batches, progress=progress, desc=f"final {split}")
+        return evaluate.evaluate_split(steps.eval, params, c.splits[split], cfg.eval.batch_size, cfg.data.seq_len,
+                                       max_batches, progress=progress and primary, desc=f"final {split}",
+                                       batch_sharding=steps.eval_batch_sharding)
 
     start = int(jax.device_get(state.step))
     stop, previous_handlers = _install_stop_handler()
+    # Across processes the stop decision is collective (all save together), checked every log_every steps.
+    stop_every = 1 if jax.process_count() == 1 else t.log_every
     last_val: dict[str, float] = {}
     log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager)
     saved = {start} if manager.latest_step() == start else set()
-    bar = tqdm(total=t.steps, initial=start, desc="train", disable=not t.progress, dynamic_ncols=True)
+    bar = tqdm(total=t.steps, initial=start, desc="train", disable=not (t.progress and primary), dynamic_ncols=True)
     log.bar = bar
 
     def save(step):
@@ -157,24 +189,24 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
 
     try:
         for step in range(start, t.steps):
-            state, step_metrics = train_step(state, train_batch(c, step))
+            state, step_metrics = steps.train(state, global_train_batch(c, steps, step))
             log.push(step + 1, step_metrics)  # logs the previous step's metrics, one step late
             bar.update(1)
             done = step + 1
             if done % t.eval_every == 0 or done == t.steps:
                 log.flush()
                 last_val = {f"val_{k}": v for k, v in run_eval(state.params).items()}
-                writer.write(done, last_val)
+                log.write(done, last_val)
                 bar.set_postfix(val_loss=f"{last_val['val_loss']:.3f}")
                 log.restart_clock()  # keep eval time out of the next tokens/s window
             if done % k.every == 0 or done == t.steps:
                 save(done)
                 log.restart_clock()
-            if stop["signal"]:
+            if done % stop_every == 0 and distributed.any_process(stop["signal"] is not None):
                 save(done)
                 manager.wait_until_finished()
-                echo(f"stopped by {stop['signal']} at step {done}; checkpoint saved in {manager.directory}; "
-                     "run the same command again to resume")
+                echo(f"stopped by {stop['signal'] or 'another process'} at step {done}; checkpoint saved in "
+                     f"{manager.directory}; run the same command again to resume")
                 raise SystemExit(130 if stop["signal"] == "SIGINT" else 143)
         log.flush()
     finally:
@@ -182,7 +214,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             signal.signal(sig, handler)
         bar.close()
         manager.wait_until_finished()
-        writer.close()
+        if writer is not None:
+            writer.close()
     # The reported numbers always score every token of the held-out splits (eval.max_batches is
     # only for the periodic evaluations).
     results = {"step": t.steps}
@@ -190,10 +223,11 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
         if role in c.splits:
             full = run_eval(state.params, role, max_batches=None, progress=t.progress)
             results.update({f"{prefix}_{k}": v for k, v in full.items()})
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plots.plot_loss_curve(run_dir)
+    if primary:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        plots.plot_loss_curve(run_dir)
     manager.close()
-    return {"results": results, "state": state}
+    return {"results": results, "state": state, "steps": steps}
 
 
 class _TrainLog:
@@ -212,6 +246,11 @@ class _TrainLog:
         self.window_steps += 1
         while len(self.pending) > 1:
             self._process(*self.pending.pop(0))
+
+    def write(self, step: int, metrics: dict) -> None:
+        """Write metrics (process 0 only: other processes have no writer)."""
+        if self.writer is not None:
+            self.writer.write(step, metrics)
 
     def restart_clock(self) -> None:
         """Start a new tokens/s window (after work that is not training)."""
@@ -232,12 +271,13 @@ class _TrainLog:
         if step % self.log_every == 0:
             now = time.perf_counter()
             elapsed = max(now - self.window_start, 1e-9)
-            m["tokens_per_s"] = self.tokens_per_step * self.window_steps / elapsed
-            m["tflops"] = self.flops_per_step * self.window_steps / elapsed / 1e12
+            if self.window_steps:  # 0 when two queued steps are logged back to back
+                m["tokens_per_s"] = self.tokens_per_step * self.window_steps / elapsed
+                m["tflops"] = self.flops_per_step * self.window_steps / elapsed / 1e12
             m["ppl"] = math.exp(min(m["loss"], 700.0))
-            self.writer.write(step, m)
+            self.write(step, m)
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+                self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}")
             self.window_start, self.window_steps = now, 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -11,6 +13,7 @@ import optax
 from flax import struct
 
 from gpt2_jax import model as model_lib
+from gpt2_jax import sharding
 
 
 class TrainState(struct.PyTreeNode):
@@ -54,11 +57,18 @@ def has_dropout(cfg: model_lib.GPT2Config) -> bool:
     return max(cfg.embd_dropout, cfg.attn_dropout, cfg.resid_dropout) > 0
 
 
+def strip_boxes(tree):
+    """Plain arrays from a logically partitioned tree, without sharding constraints (the caller's
+    jit out_shardings place them, so a dimension the mesh cannot split stays whole)."""
+    is_box = lambda x: isinstance(x, nn.Partitioned)
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
 def init_state(model: model_lib.GPT2, optimizer: optax.GradientTransformation, rng: jax.Array,
                seq_len: int) -> TrainState:
     """A fresh TrainState: step 0, random params (unboxed), optimizer state, the data-free rng."""
     init_rng, state_rng = jax.random.split(rng)
-    params = nn.meta.unbox(model_lib.init_params(model.cfg, init_rng, seq_len))
+    params = strip_boxes(model_lib.init_params(model.cfg, init_rng, seq_len))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       rng=state_rng)
 
@@ -108,6 +118,43 @@ def make_eval_step(model: model_lib.GPT2) -> Callable:
     return eval_step
 
 
-def jit_steps(train_step: Callable, eval_step: Callable) -> tuple[Callable, Callable]:
-    """Compile-once versions: the state is donated so params and optimizer state update in place."""
-    return jax.jit(train_step, donate_argnums=(0,)), jax.jit(eval_step)
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The jitted, sharded init/train/eval steps of one model on one mesh, and their layouts."""
+
+    init: Callable  # () -> TrainState
+    train: Callable  # (state, batch (accum, B, T+1)) -> (state, metrics)
+    eval: Callable  # (params, batch (B, T+1), weights (B, T)) -> (nll, count)
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    abstract_state: Any  # ShapeDtypeStructs of the TrainState
+    state_sharding: Any
+    train_batch_sharding: jax.sharding.NamedSharding
+    eval_batch_sharding: jax.sharding.NamedSharding
+
+
+def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, schedule: Callable,
+               mesh: jax.sharding.Mesh, rules, seed: int, seq_len: int, label_smoothing: float = 0.0) -> Steps:
+    """init, train_step and eval_step, each one jax.jit with in/out shardings on mesh.
+
+    The train state is donated, so params and optimizer state update in place.
+    """
+    rng = jax.random.key(seed)
+    init = functools.partial(init_state, model, optimizer, rng, seq_len)
+    abstract_state = jax.eval_shape(init)
+    boxed = jax.eval_shape(functools.partial(model_lib.init_params, model.cfg, seq_len=1), rng)
+    params_sh = sharding.param_shardings(boxed, rules, mesh)
+    state_sh = sharding.state_shardings(abstract_state, params_sh, optimizer, mesh)
+    repl = sharding.replicated(mesh)
+    train_batch_sh = sharding.batch_sharding(mesh, rules, ndim=3, batch_dim=1)
+    eval_batch_sh = sharding.batch_sharding(mesh, rules, ndim=2)
+    train_fn = make_train_step(model, optimizer, schedule, label_smoothing)
+    eval_fn = make_eval_step(model)
+    jit = lambda fn, **kw: sharding.with_mesh(jax.jit(fn, **kw), mesh, rules)
+    return Steps(
+        init=jit(init, out_shardings=state_sh),
+        train=jit(train_fn, in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
+                  donate_argnums=(0,)),
+        eval=jit(eval_fn, in_shardings=(params_sh, eval_batch_sh, eval_batch_sh), out_shardings=repl),
+        mesh=mesh, rules=rules, abstract_state=abstract_state, state_sharding=state_sh,
+        train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh)
