@@ -82,18 +82,27 @@ def resolve_shape(spec: MeshSpec, num_devices: int) -> tuple[tuple[int, ...], tu
     return tuple(ici), tuple(dcn)
 
 
+def device_grid(spec: MeshSpec, devices: Sequence[Any]) -> np.ndarray:
+    """Devices arranged as the (data, fsdp, tensor) grid; with dcn > 1, each slice (TPU) or process
+    (GPU/CPU clusters) holds one contiguous ici block, so only the dcn axes cross the slow network."""
+    ici, dcn = resolve_shape(spec, len(devices))
+    slices = math.prod(dcn)
+    if slices == 1:
+        return np.asarray(mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True))
+    key = "slice_index" if hasattr(devices[0], "slice_index") else "process_index"
+    found = len({getattr(d, key) for d in devices})
+    if found != slices:
+        unit = "slices" if key == "slice_index" else "processes"
+        raise ShardingError(f"mesh.dcn_* asks for {slices} slices/nodes but the devices come from {found} {unit}; "
+                            f"make the product of mesh.dcn_* equal {found}")
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=key == "process_index")
+
+
 def make_mesh(spec: MeshSpec, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
     """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices of all processes)."""
     devices = list(devices if devices is not None else jax.devices())
-    ici, dcn = resolve_shape(spec, len(devices))
     axis_types = (jax.sharding.AxisType.Auto,) * len(AXES)  # Explicit axes break Linen's gathers
-    shape = tuple(i * d for i, d in zip(ici, dcn))
-    if math.prod(dcn) == 1:
-        return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
-    # Multi-slice TPUs group devices by slice_index; GPU and CPU clusters by process.
-    by_process = not hasattr(devices[0], "slice_index")
-    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=by_process)
-    return jax.sharding.Mesh(grid, AXES, axis_types=axis_types)
+    return jax.sharding.Mesh(device_grid(spec, devices), AXES, axis_types=axis_types)
 
 
 def logical_rules(name: str) -> tuple[tuple[str, Any], ...]:
@@ -135,7 +144,8 @@ def check_layout(mesh_shape: Mapping[str, int], rules, n_head: int, n_embd: int,
                                 f"{dict(mesh_shape)}; make {key} a multiple of {rows} or change the mesh")
     heads = _axis_size(mesh_shape, r.get("heads"))
     if n_head % heads:
-        allowed = [k for k in range(1, heads + 1) if n_head % k == 0][-1]
+        devices = math.prod(mesh_shape.values())
+        allowed = max(k for k in range(1, heads + 1) if n_head % k == 0 and devices % k == 0)
         raise ShardingError(f"model.n_head={n_head} is not divisible by the tensor axis size {heads}; "
                             f"use mesh.tensor={allowed} (or a size dividing {n_head})")
     mlp = _axis_size(mesh_shape, r.get("mlp"))

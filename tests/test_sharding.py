@@ -73,11 +73,11 @@ def test_mesh_shape_resolution_and_errors():
 
 def test_layout_errors_name_both_numbers_and_the_fix():
     rules = sharding.logical_rules("fsdp+tp")
-    mesh = {"data": 2, "fsdp": 2, "tensor": 4}
+    mesh = {"data": 2, "fsdp": 2, "tensor": 4}  # 16 devices: 6 heads would split 3 ways, but 3 does not divide 16
     with pytest.raises(sharding.ShardingError, match=r"data.batch_size=6 is not divisible by the 4 batch shards"):
         sharding.check_layout(mesh, rules, 8, 64, {"data.batch_size": 6})
     with pytest.raises(sharding.ShardingError, match=r"n_head=6 is not divisible by the tensor axis size 4; "
-                                                     r"use mesh.tensor=3"):
+                                                     r"use mesh.tensor=2"):
         sharding.check_layout(mesh, rules, 6, 192, {"data.batch_size": 8})
     sharding.check_layout(mesh, rules, 8, 64, {"data.batch_size": 8})  # fits: no error
     # the dp preset does not split heads, so any head count fits
@@ -163,3 +163,15 @@ def test_rendezvous_timeouts_are_one_line_errors():
     with pytest.raises(distributed.DistributedError, match=r"only 1 of 2 processes reached the coordinator "
                                                            r".*missing process ids \[1\]"):
         distributed.rendezvous(f"127.0.0.1:{port}", 2, 0, 1.0)
+
+
+def test_dcn_mesh_keeps_each_process_block_together():
+    import types
+    devices = [types.SimpleNamespace(id=i, process_index=i // 4, platform="cpu", device_kind="cpu")
+               for i in range(8)]
+    grid = sharding.device_grid(sharding.MeshSpec((-1, 2, 1), (2, 1, 1)), devices)
+    assert grid.shape == (4, 2, 1)
+    # data rows 0-1 live in process 0, rows 2-3 in process 1: only the data axis crosses processes
+    assert [[d.process_index for d in row.flat] for row in grid] == [[0, 0], [0, 0], [1, 1], [1, 1]]
+    with pytest.raises(sharding.ShardingError, match="asks for 4 slices/nodes but the devices come from 2 processes"):
+        sharding.device_grid(sharding.MeshSpec((-1, 1, 1), (4, 1, 1)), devices)
