@@ -2,8 +2,8 @@
 of virtual devices and report what one device must hold.
 
 Parameter and optimizer bytes are exact (shard shapes of the real layout). Activations are given
-two ways: the compiled step's temporary buffers as XLA:CPU plans them (measured, but XLA:CPU
-keeps every recomputed activation live at once, so remat saves nothing there), and the
+two ways: the compiled step's temporary buffers as XLA:CPU plans them (measured, but remat does
+not lower them on XLA:CPU, and the CPU compile upcasts bf16 matmuls), and the
 closed-form count of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
 Transformer Models", eq. 2, tensor parallel without sequence parallel) plus the logits, which
 does model remat. The 'fits' verdict uses the closed form.
