@@ -97,7 +97,9 @@ class CausalSelfAttention(nn.Module):
     cfg: GPT2Config
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
+    def __call__(self, x, mask, deterministic: bool, kv=None, index=None):
+        """Returns the attention output, and with a (k, v) cache also the cache with this chunk written
+        at slot `index` (queries then attend over the whole cache, masked by `mask`)."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, h, hd = cfg.n_embd, cfg.n_head, cfg.head_dim
@@ -110,6 +112,14 @@ class CausalSelfAttention(nn.Module):
         qkv = jnp.einsum("btd,dshk->sbthk", x.astype(dtype), w_qkv.astype(dtype)) + b_qkv.astype(dtype)[:, None, None]
         q, k, v = qkv[0], qkv[1], qkv[2]
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        if kv is not None:
+            k_cache, v_cache = (jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, index, 0, 0))
+                                for c, new in zip(kv, (k, v)))
+            k_cache, v_cache = (nn.with_logical_constraint(c, ("batch", "length", "heads", "kv"))
+                                for c in (k_cache, v_cache))
+            y = jax.nn.dot_product_attention(q, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask)
+            y = jnp.einsum("bthk,hkd->btd", y, w_out.astype(dtype)) + b_out.astype(dtype)
+            return y, (k_cache, v_cache)
         if cfg.attn_dropout > 0 and not deterministic:
             y = self._attention_with_dropout(q, k, v, mask)
         else:
@@ -156,13 +166,16 @@ class Block(nn.Module):
     cfg: GPT2Config
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
+    def __call__(self, x, mask, deterministic: bool, kv=None, index=None):
         cfg = self.cfg
-        y = CausalSelfAttention(cfg, name="attn")(_layer_norm(cfg, "ln_1")(x), mask, deterministic)
+        y = CausalSelfAttention(cfg, name="attn")(_layer_norm(cfg, "ln_1")(x), mask, deterministic, kv, index)
+        if kv is not None:
+            y, kv = y
         x = x + nn.Dropout(cfg.resid_dropout)(y, deterministic=deterministic)
         y = MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x))
         x = x + nn.Dropout(cfg.resid_dropout)(y, deterministic=deterministic)
-        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x if kv is None else (x, kv)
 
 
 def _block_class(cfg: GPT2Config):
@@ -210,6 +223,26 @@ class GPT2(nn.Module):
         for block in self.blocks:
             x = block(x, mask, deterministic)
         return self.ln_f(x)
+
+    def decode(self, tokens, positions, key_valid, cache, index, last_only: bool = True):
+        """One chunk of cached decoding: the prompt (prefill) or the next token of every row.
+
+        tokens, positions: (B, Tc) ids and their positions; they fill cache slots index..index+Tc-1.
+        key_valid: (B, S) bool, False for slots that hold left padding. cache: (k, v), each
+        (n_layer, B, S, n_head, head_dim). Returns (logits of the last position (B, V), or of all
+        positions (B, Tc, V) when last_only is False; the updated cache).
+        """
+        tc, s = tokens.shape[1], key_valid.shape[1]
+        causal = jnp.arange(s)[None, :] <= index + jnp.arange(tc)[:, None]
+        mask = (causal[None] & key_valid[:, None, :])[:, None]  # (B, 1, Tc, S)
+        x = self.wte(tokens) + self.wpe(positions)
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            x, (k, v) = block(x, mask, True, (cache[0][i], cache[1][i]), index)
+            ks.append(k)
+            vs.append(v)
+        x = self.ln_f(x[:, -1] if last_only else x)
+        return self.logits_from_hidden(x), (jnp.stack(ks), jnp.stack(vs))
 
     def logits_from_hidden(self, x):
         """Tied LM head: hidden (..., D) -> logits (..., padded_vocab), padded ids masked."""

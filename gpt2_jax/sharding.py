@@ -8,6 +8,7 @@ data parallelism (what pmap gives) is the mesh (N, 1, 1) of the same jit code pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -210,18 +211,28 @@ def global_batch(sharding: NamedSharding, global_shape: Sequence[int],
     return jax.make_array_from_process_local_data(sharding, make_rows(rows), tuple(global_shape))
 
 
+@contextlib.contextmanager
+def mesh_context(mesh: jax.sharding.Mesh | None, rules):
+    """Set mesh and activate rules (so logical constraints bind to mesh axes); no-op for mesh None."""
+    if mesh is None:
+        yield
+        return
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
 def with_mesh(fn: Callable, mesh: jax.sharding.Mesh, rules) -> Callable:
-    """fn run (and traced) with mesh set and rules active, so logical constraints bind to mesh axes.
+    """fn run (and traced) inside mesh_context(mesh, rules).
 
     The wrapper also has `.lower(*args)` for ahead-of-time compilation and memory analysis.
     """
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        with mesh_context(mesh, rules):
             return fn(*args, **kwargs)
 
     def lower(*args, **kwargs):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        with mesh_context(mesh, rules):
             return fn.lower(*args, **kwargs)
 
     call.lower = lower

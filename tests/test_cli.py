@@ -88,7 +88,8 @@ def test_sample_command_and_load(trained, capsys):
     assert out.startswith("Shall I")
     m = api.load(tmp_path / "run")
     greedy = m.generate("Shall I", max_new_tokens=12, temperature=0)
-    assert out.strip() == ("Shall I" + greedy).strip()
+    assert out.strip() == ("Shall I" + greedy.text).strip()  # streamed == batch decoding, same model
+    assert len(greedy.tokens) <= 12 and m.tokenizer.decode(greedy.tokens) == greedy.text
     assert m.perplexity(VERSE[:100]) < 20
     assert "params" in m.summary()
     assert cli.main(["sample", "--run", str(tmp_path / "nowhere")]) == 2
@@ -98,8 +99,15 @@ def test_sample_command_and_load(trained, capsys):
 def test_prompt_longer_than_context_is_one_line(trained, capsys):
     tmp_path, _, _ = trained
     assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 200, "--max-new-tokens", "5"]) == 2
-    err = capsys.readouterr().err
-    assert "exceeds the model's context of 128 tokens" in err
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("gpt2-jax: error: prompt 0 is 200 tokens; with max_new_tokens=5 the 128-token context leaves "
+                   "room for 123; shorten it, lower max_new_tokens, or pass truncate='left' (--truncate left)")
+    assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 200, "--max-new-tokens", "5",
+                     "--truncate", "left", "--top-p", "0.9"]) == 0
+    assert capsys.readouterr().out.startswith("x" * 200)
+    assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x", "--top-p", "1.5"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "gpt2-jax: error: top_p must be in (0, 1] (1 keeps every token), got 1.5"
 
 
 def test_divergence_stops_with_a_clear_message(tmp_path, capsys):

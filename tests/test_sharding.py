@@ -175,3 +175,9 @@ def test_dcn_mesh_keeps_each_process_block_together():
     assert [[d.process_index for d in row.flat] for row in grid] == [[0, 0], [0, 0], [1, 1], [1, 1]]
     with pytest.raises(sharding.ShardingError, match="asks for 4 slices/nodes but the devices come from 2 processes"):
         sharding.device_grid(sharding.MeshSpec((-1, 1, 1), (4, 1, 1)), devices)
+
+
+def test_sharded_decoding_matches_one_device(probe):
+    d = probe["decode"]
+    assert d["same_tokens"] and d["logprob_max_diff"] <= 1e-5
+    assert d["qkv_spec"] == "P('fsdp', None, 'tensor', None)"

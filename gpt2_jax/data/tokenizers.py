@@ -45,6 +45,10 @@ class Tokenizer(abc.ABC):
         """Returns the text of `ids`; never raises on broken UTF-8 (replaces it with U+FFFD)."""
 
     @abc.abstractmethod
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Returns the raw UTF-8 bytes of `ids` (a token may end inside a character)."""
+
+    @abc.abstractmethod
     def spec(self) -> dict:
         """Returns a JSON-able dict from which `from_spec` rebuilds this tokenizer."""
 
@@ -62,7 +66,11 @@ class ByteTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         """Returns the text of the byte ids, dropping ids >= 256 (EOS, padding)."""
-        return bytes(i for i in map(int, ids) if 0 <= i < 256).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Returns the bytes of the byte ids, dropping ids >= 256 (EOS, padding)."""
+        return bytes(i for i in map(int, ids) if 0 <= i < 256)
 
     def spec(self) -> dict:
         """Returns `{'kind': 'byte', ...}`."""
@@ -151,6 +159,10 @@ class GPT2BPETokenizer(Tokenizer):
         """Returns the text of `ids`, dropping ids outside the vocabulary (e.g. padded logits)."""
         kept = [i for i in map(int, ids) if 0 <= i < self.vocab_size]
         return self._encoding.decode(kept, errors="replace")
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Returns the UTF-8 bytes of `ids`, dropping ids outside the vocabulary."""
+        return self._encoding.decode_bytes([i for i in map(int, ids) if 0 <= i < self.vocab_size])
 
     def spec(self) -> dict:
         """Returns kind, format, vocab size, EOS id and each file's role, path and sha256."""
