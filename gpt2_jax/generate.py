@@ -45,9 +45,9 @@ def bucket(n: int) -> int:
 
 
 def init_cache(cfg: model_lib.GPT2Config, batch: int, length: int):
-    """Zero (k, v) caches, each (n_layer, batch, length, n_head, head_dim) in the compute dtype."""
-    shape = (cfg.n_layer, batch, length, cfg.n_head, cfg.head_dim)
-    return jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)
+    """Zero KV cache: per layer a (k, v) pair, each (batch, length, n_head, head_dim) in the compute dtype."""
+    shape = (batch, length, cfg.n_head, cfg.head_dim)
+    return tuple((jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)) for _ in range(cfg.n_layer))
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -318,7 +318,7 @@ def _beam_loop(model, params, tokens, pad, num_new, length_penalty, eos_id, *, o
         fin_done = _gather(jnp.concatenate([c["fin_done"], just_done], 1), best)
         # reorder the cache rows to follow their beams, then feed each beam's new token
         rows_from = (jnp.arange(b)[:, None] * k + run_parent).reshape(-1)
-        cache = jax.tree.map(lambda x: x[:, rows_from], c["cache"])
+        cache = jax.tree.map(lambda x: x[rows_from], c["cache"])
         slot = p + t
         logits, cache = model.apply({"params": params}, run_seq[:, :, t].reshape(-1, 1), _positions(pad, slot, 1),
                                     key_valid, cache, slot, method=model_lib.GPT2.decode)

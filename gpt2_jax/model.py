@@ -228,21 +228,21 @@ class GPT2(nn.Module):
         """One chunk of cached decoding: the prompt (prefill) or the next token of every row.
 
         tokens, positions: (B, Tc) ids and their positions; they fill cache slots index..index+Tc-1.
-        key_valid: (B, S) bool, False for slots that hold left padding. cache: (k, v), each
-        (n_layer, B, S, n_head, head_dim). Returns (logits of the last position (B, V), or of all
-        positions (B, Tc, V) when last_only is False; the updated cache).
+        key_valid: (B, S) bool, False for slots that hold left padding. cache: one (k, v) pair per
+        layer, each (B, S, n_head, head_dim); separate buffers per layer so a decode loop updates
+        them in place. Returns (logits of the last position (B, V), or of all positions (B, Tc, V)
+        when last_only is False; the updated cache).
         """
         tc, s = tokens.shape[1], key_valid.shape[1]
         causal = jnp.arange(s)[None, :] <= index + jnp.arange(tc)[:, None]
         mask = (causal[None] & key_valid[:, None, :])[:, None]  # (B, 1, Tc, S)
         x = self.wte(tokens) + self.wpe(positions)
-        ks, vs = [], []
-        for i, block in enumerate(self.blocks):
-            x, (k, v) = block(x, mask, True, (cache[0][i], cache[1][i]), index)
-            ks.append(k)
-            vs.append(v)
+        new_cache = []
+        for block, kv in zip(self.blocks, cache):
+            x, kv = block(x, mask, True, kv, index)
+            new_cache.append(kv)
         x = self.ln_f(x[:, -1] if last_only else x)
-        return self.logits_from_hidden(x), (jnp.stack(ks), jnp.stack(vs))
+        return self.logits_from_hidden(x), tuple(new_cache)
 
     def logits_from_hidden(self, x):
         """Tied LM head: hidden (..., D) -> logits (..., padded_vocab), padded ids masked."""
