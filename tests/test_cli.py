@@ -149,3 +149,20 @@ def test_sigterm_checkpoints_then_exits_and_the_run_resumes(tmp_path):
     steps = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
     assert max(steps) == stopped_at >= 10
     assert cli.main(_args(tmp_path, source, stopped_at + 5)) == 0
+
+
+def test_sample_prompts_file_beams_and_stop(trained, capsys, tmp_path):
+    run = str(trained[0] / "run")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Shall I\nThou art\n\n")
+    assert cli.main(["sample", "--run", run, "--prompts-file", str(prompts), "--max-new-tokens", "8",
+                     "--num-beams", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    m = api.load(run)
+    beams = m.generate(["Shall I", "Thou art"], 8, num_beams=2)
+    assert [l for l in out if not l.startswith("---")] == ["Shall I" + beams[0].text, "Thou art" + beams[1].text]
+    greedy = m.generate("Shall I", 30, temperature=0).text
+    stop = greedy[5:8]
+    assert cli.main(["sample", "--run", run, "--prompt", "Shall I", "--max-new-tokens", "30", "--temperature", "0",
+                     "--stop", stop]) == 0
+    assert capsys.readouterr().out == "Shall I" + greedy[: greedy.index(stop)] + "\n"
