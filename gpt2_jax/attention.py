@@ -104,3 +104,11 @@ def causal_attention(q, k, v, mask=None, implementation: str = "auto"):
     if mask is None:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+
+def cached_attention(q, k_cache, v_cache, mask):
+    """Attention of new queries q (B, T, N, H) over a KV cache laid out (B, N, S, H), under mask
+    (B, 1, T, S). The cache layout keeps the batched matmuls free of transposes of the whole cache."""
+    scores = jnp.einsum("btnh,bnsh->bnts", q * (1.0 / math.sqrt(q.shape[-1])), k_cache).astype(jnp.float32)
+    probs = jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1).astype(v_cache.dtype)
+    return jnp.einsum("bnts,bnsh->btnh", probs, v_cache)

@@ -45,8 +45,8 @@ def bucket(n: int) -> int:
 
 
 def init_cache(cfg: model_lib.GPT2Config, batch: int, length: int):
-    """Zero KV cache: per layer a (k, v) pair, each (batch, length, n_head, head_dim) in the compute dtype."""
-    shape = (batch, length, cfg.n_head, cfg.head_dim)
+    """Zero KV cache: per layer a (k, v) pair, each (batch, n_head, length, head_dim) in the compute dtype."""
+    shape = (batch, cfg.n_head, length, cfg.head_dim)
     return tuple((jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)) for _ in range(cfg.n_layer))
 
 

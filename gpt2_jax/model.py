@@ -113,13 +113,12 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         if kv is not None:
-            k_cache, v_cache = (jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, index, 0, 0))
-                                for c, new in zip(kv, (k, v)))
-            k_cache, v_cache = (nn.with_logical_constraint(c, ("batch", "length", "heads", "kv"))
-                                for c in (k_cache, v_cache))
-            y = jax.nn.dot_product_attention(q, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask)
+            kv = tuple(nn.with_logical_constraint(
+                jax.lax.dynamic_update_slice(c, new.transpose(0, 2, 1, 3).astype(c.dtype), (0, 0, index, 0)),
+                ("batch", "heads", "length", "kv")) for c, new in zip(kv, (k, v)))
+            y = attention.cached_attention(q, kv[0].astype(dtype), kv[1].astype(dtype), mask)
             y = jnp.einsum("bthk,hkd->btd", y, w_out.astype(dtype)) + b_out.astype(dtype)
-            return y, (k_cache, v_cache)
+            return y, kv
         if cfg.attn_dropout > 0 and not deterministic:
             y = self._attention_with_dropout(q, k, v, mask)
         else:
@@ -229,8 +228,8 @@ class GPT2(nn.Module):
 
         tokens, positions: (B, Tc) ids and their positions; they fill cache slots index..index+Tc-1.
         key_valid: (B, S) bool, False for slots that hold left padding. cache: one (k, v) pair per
-        layer, each (B, S, n_head, head_dim); separate buffers per layer so a decode loop updates
-        them in place. Returns (logits of the last position (B, V), or of all positions (B, Tc, V)
+        layer, each (B, n_head, S, head_dim): separate buffers per layer, heads before slots, so a
+        decode loop updates them in place and attends without transposing them. Returns (logits of the last position (B, V), or of all positions (B, Tc, V)
         when last_only is False; the updated cache).
         """
         tc, s = tokens.shape[1], key_valid.shape[1]
