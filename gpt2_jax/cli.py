@@ -129,10 +129,17 @@ def _cmd_sample(args, overrides: list[str]) -> int:
 def _cmd_bench(args, overrides: list[str]) -> int:
     from gpt2_jax import bench
 
-    report = bench.bench_train(args.preset, args.batch_size, args.seq_len, args.steps, vocab_size=args.vocab_size,
-                               peer=args.peer, dtype=args.dtype, warmup=args.warmup, rounds=args.rounds,
-                               attention=args.attention)
-    print(bench.format_report(report), flush=True)
+    if args.kind == "decode":
+        report = bench.bench_decode(args.preset, args.batch_size, args.prompt_len, args.new_tokens,
+                                    rounds=args.rounds, dtype=args.dtype, peer=args.peer,
+                                    vocab_size=args.vocab_size or 50257)
+        text = bench.format_decode_report(report)
+    else:
+        report = bench.bench_train(args.preset, args.batch_size, args.seq_len, args.steps,
+                                   vocab_size=args.vocab_size or 257, peer=args.peer, dtype=args.dtype,
+                                   warmup=args.warmup, rounds=args.rounds, attention=args.attention)
+        text = bench.format_report(report)
+    print(text, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
@@ -208,16 +215,19 @@ def make_parser() -> argparse.ArgumentParser:
                    help="a prompt too long for the context: error (default) or keep its end")
     s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     s.add_argument("--seed", type=int, default=0)
-    b = sub.add_parser("bench", help="train-step throughput, optionally beside a peer implementation")
+    b = sub.add_parser("bench", help="train-step or decode throughput, optionally beside a peer implementation")
+    b.add_argument("kind", nargs="?", choices=["train", "decode"], default="train")
     b.add_argument("--preset", default="tiny")
     b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--seq-len", type=int, default=256)
-    b.add_argument("--vocab-size", type=int, default=257)
-    b.add_argument("--steps", type=int, default=10)
-    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
+    b.add_argument("--prompt-len", type=int, default=128, help="decode: prompt tokens per row")
+    b.add_argument("--new-tokens", type=int, default=256, help="decode: tokens generated per row")
+    b.add_argument("--vocab-size", type=int, help="default: 257 (train), 50257 (decode)")
+    b.add_argument("--steps", type=int, default=10, help="train: timed steps")
+    b.add_argument("--warmup", type=int, default=2, help="train: untimed steps")
     b.add_argument("--dtype", default="float32")
-    b.add_argument("--attention", default="auto", help="auto | xla | cudnn | blocked")
-    b.add_argument("--rounds", type=int, default=2, help="interleaved rounds (steps are split among them)")
+    b.add_argument("--attention", default="auto", help="train: auto | xla | cudnn | blocked")
+    b.add_argument("--rounds", type=int, default=2, help="interleaved rounds with the peer")
     b.add_argument("--peer", choices=["none", "hf-torch"], default="none")
     b.add_argument("--json", help="also write the report here")
     pl = sub.add_parser("plan", help="per-device memory of a config's train step, compiled for a virtual mesh")
