@@ -92,17 +92,35 @@ def _positions(pad, start, length):
     return jnp.maximum(start + jnp.arange(length)[None, :] - pad[:, None], 0)
 
 
+def _prefill(model, params, tokens, pad, out_len: int):
+    """Run the left-padded prompts into a fresh cache of prompt + out_len slots.
+
+    Returns (last-position logits, cache, key_valid (B, S): False on padding slots)."""
+    b, p = tokens.shape
+    key_valid = jnp.arange(p + out_len)[None, :] >= pad[:, None]
+    logits, cache = model.apply({"params": params}, tokens, _positions(pad, 0, p), key_valid,
+                                init_cache(model.cfg, b, p + out_len), 0, method=model_lib.GPT2.decode)
+    return logits, cache, key_valid
+
+
+def _step(model, params, nxt, pad, key_valid, cache, slot):
+    """Feed one token per row (nxt (B,)) at cache slot `slot`; returns (next logits, cache)."""
+    return model.apply({"params": params}, nxt[:, None], _positions(pad, slot, 1), key_valid, cache, slot,
+                       method=model_lib.GPT2.decode)
+
+
+def _choose(model, logits, seen, settings, key, greedy: bool):
+    """The next token of every row: argmax, or a sample from the processed logits."""
+    scores = sampling.process_logits(logits, seen, settings, model.cfg.vocab_size)
+    return (jnp.argmax(scores, -1) if greedy else jax.random.categorical(key, scores, -1)).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "out_len", "greedy", "return_logprobs"))
 def _sample_loop(model, params, tokens, pad, num_new, rng, settings, stop_ids, *, out_len: int, greedy: bool,
                  return_logprobs: bool):
     b, p = tokens.shape
-    s = p + out_len
-    key_valid = jnp.arange(s)[None, :] >= pad[:, None]
-    cache = init_cache(model.cfg, b, s)
-    logits, cache = model.apply({"params": params}, tokens, _positions(pad, 0, p), key_valid, cache, 0,
-                                method=model_lib.GPT2.decode)
-    vocab = logits.shape[-1]
-    seen = _seen(tokens, key_valid[:, :p], vocab)
+    logits, cache, key_valid = _prefill(model, params, tokens, pad, out_len)
+    seen = _seen(tokens, key_valid[:, :p], logits.shape[-1])
     carry = dict(t=jnp.int32(0), cache=cache, logits=logits, out=jnp.zeros((b, out_len), jnp.int32),
                  logprobs=jnp.zeros((b, out_len), jnp.float32), done=jnp.zeros((b,), bool), seen=seen, rng=rng)
 
@@ -111,9 +129,7 @@ def _sample_loop(model, params, tokens, pad, num_new, rng, settings, stop_ids, *
 
     def body(c):
         rng, key = jax.random.split(c["rng"])
-        scores = sampling.process_logits(c["logits"], c["seen"], settings, model.cfg.vocab_size)
-        nxt = jnp.argmax(scores, -1) if greedy else jax.random.categorical(key, scores, -1)
-        nxt = jnp.where(c["done"], stop_ids[0], nxt).astype(jnp.int32)
+        nxt = jnp.where(c["done"], stop_ids[0], _choose(model, c["logits"], c["seen"], settings, key, greedy))
         out = c["out"].at[:, c["t"]].set(nxt)
         logprobs = c["logprobs"]
         if return_logprobs:
@@ -121,9 +137,7 @@ def _sample_loop(model, params, tokens, pad, num_new, rng, settings, stop_ids, *
             logprobs = logprobs.at[:, c["t"]].set(jnp.take_along_axis(lp, nxt[:, None], -1)[:, 0])
         done = c["done"] | jnp.any(nxt[:, None] == stop_ids[None, :], -1)
         seen = c["seen"].at[jnp.arange(b), nxt].set(True)
-        slot = p + c["t"]
-        logits, cache = model.apply({"params": params}, nxt[:, None], _positions(pad, slot, 1), key_valid,
-                                    c["cache"], slot, method=model_lib.GPT2.decode)
+        logits, cache = _step(model, params, nxt, pad, key_valid, c["cache"], p + c["t"])
         return dict(t=c["t"] + 1, cache=cache, logits=logits, out=out, logprobs=logprobs, done=done, seen=seen,
                     rng=rng)
 
@@ -200,22 +214,16 @@ def stream(model: model_lib.GPT2, params, prompt: Sequence[int], max_new_tokens:
 
 @functools.partial(jax.jit, static_argnames=("model", "out_len"))
 def _stream_prefill(model, params, tokens, pad, *, out_len: int):
-    b, p = tokens.shape
-    key_valid = jnp.arange(p + out_len)[None, :] >= pad[:, None]
-    logits, cache = model.apply({"params": params}, tokens, _positions(pad, 0, p), key_valid,
-                                init_cache(model.cfg, b, p + out_len), 0, method=model_lib.GPT2.decode)
-    seen = _seen(tokens, key_valid[:, :p], logits.shape[-1])
+    logits, cache, key_valid = _prefill(model, params, tokens, pad, out_len)
+    seen = _seen(tokens, key_valid[:, :tokens.shape[1]], logits.shape[-1])
     return dict(logits=logits, cache=cache, seen=seen, key_valid=key_valid)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "greedy"), donate_argnames=("state",))
 def _stream_step(model, params, state, pad, slot, key, settings, *, greedy: bool):
-    b = pad.shape[0]
-    scores = sampling.process_logits(state["logits"], state["seen"], settings, model.cfg.vocab_size)
-    nxt = (jnp.argmax(scores, -1) if greedy else jax.random.categorical(key, scores, -1)).astype(jnp.int32)
-    logits, cache = model.apply({"params": params}, nxt[:, None], _positions(pad, slot, 1), state["key_valid"],
-                                state["cache"], slot, method=model_lib.GPT2.decode)
-    seen = state["seen"].at[jnp.arange(b), nxt].set(True)
+    nxt = _choose(model, state["logits"], state["seen"], settings, key, greedy)
+    logits, cache = _step(model, params, nxt, pad, state["key_valid"], state["cache"], slot)
+    seen = state["seen"].at[jnp.arange(pad.shape[0]), nxt].set(True)
     return nxt, dict(logits=logits, cache=cache, seen=seen, key_valid=state["key_valid"])
 
 
@@ -278,10 +286,7 @@ def _beam_loop(model, params, tokens, pad, num_new, length_penalty, eos_id, *, o
     rows, p = tokens.shape
     b, k = rows // num_beams, num_beams
     keep = 2 * k  # continuations kept per step: enough that k stay unfinished after EOS
-    s = p + out_len
-    key_valid = jnp.arange(s)[None, :] >= pad[:, None]
-    logits, cache = model.apply({"params": params}, tokens, _positions(pad, 0, p), key_valid,
-                                init_cache(model.cfg, rows, s), 0, method=model_lib.GPT2.decode)
+    logits, cache, key_valid = _prefill(model, params, tokens, pad, out_len)
     neg = jnp.float32(-1e9)
     carry = dict(
         t=jnp.int32(0), cache=cache, logits=logits,
@@ -319,12 +324,10 @@ def _beam_loop(model, params, tokens, pad, num_new, length_penalty, eos_id, *, o
         # reorder the cache rows to follow their beams, then feed each beam's new token
         rows_from = (jnp.arange(b)[:, None] * k + run_parent).reshape(-1)
         cache = jax.tree.map(lambda x: x[rows_from], c["cache"])
-        slot = p + t
-        logits, cache = model.apply({"params": params}, run_seq[:, :, t].reshape(-1, 1), _positions(pad, slot, 1),
-                                    key_valid, cache, slot, method=model_lib.GPT2.decode)
-        best_len = (num_new if early_stopping == "never" else t + 1).astype(jnp.float32)
-        if early_stopping == "never":
-            best_len = jnp.where(length_penalty > 0, best_len, (t + 1).astype(jnp.float32))
+        logits, cache = _step(model, params, run_seq[:, :, t].reshape(-1), pad, key_valid, cache, p + t)
+        best_len = (t + 1).astype(jnp.float32)
+        if early_stopping == "never":  # a positive length penalty favours the longest possible beam
+            best_len = jnp.where(length_penalty > 0, num_new.astype(jnp.float32), best_len)
         best_running = run_score[:, :1] / best_len ** length_penalty
         worst_done = jnp.where(fin_done, jnp.min(fin_score, 1, keepdims=True), neg)
         improvable = c["improvable"] & jnp.any(best_running > worst_done, -1, keepdims=True)
