@@ -205,6 +205,14 @@ def document_nlls(scorer: TokenScorer, documents: Sequence[np.ndarray], context:
     return out
 
 
+def token_nlls(model: model_lib.GPT2, params, ids: Sequence[int], *, context: int | None = None,
+               stride: int | None = None, batch_size: int = 8) -> np.ndarray:
+    """Per-target NLL (nats) of one token sequence by sliding windows: entry i scores ids[i + 1]."""
+    context, stride = resolve_context(model, context, stride)
+    scorer = TokenScorer(model, params, batch_size)
+    return document_nlls(scorer, [np.asarray(ids, np.int64)], context, stride)[0]
+
+
 # --------------------------------------------------------------------------- texts
 
 def text_counts(texts: Sequence[str]) -> dict[str, int]:

@@ -179,3 +179,66 @@ def test_table_formats_and_paper_values(tmp_path):
     assert json.loads(open(paths["json"]).read())["columns"][0] == "wikitext2/ppl"
     assert open(paths["csv"]).read().splitlines()[1].startswith("a,117M,20.0,,30.0,29.41")
     assert open(paths["png"], "rb").read(4) == b"\x89PNG"
+
+
+def test_eval_and_table_commands_on_a_run(tmp_path, capsys):
+    from gpt2_jax import api, cli
+
+    docs = {"a.txt": TEXT, "b.txt": "A short second document.\n"}
+    (tmp_path / "test").mkdir()
+    for name, text in docs.items():
+        (tmp_path / "test" / name).write_text(text)
+    (tmp_path / "lam.txt").write_text("the cat sat on the mat\nto be or not to be\n")
+    source = f"text:{tmp_path}/{{split}}/*.txt"
+    run = str(tmp_path / "run")
+    assert cli.main(["train", "--config", "experiments/default.py", "--quiet", f"--config.data.source={source}",
+                     "--config.data.train_split=test", "--config.data.eval_split=test", "--config.data.test_split=",
+                     f"--config.data.data_dir={tmp_path}/data", f"--config.train.run_dir={run}",
+                     "--config.model.preset=nano", "--config.data.seq_len=32", "--config.data.batch_size=4",
+                     "--config.train.steps=2", "--config.optim.warmup_steps=1", "--config.train.eval_every=2", "--config.checkpoint.every=2",
+                     "--config.train.sample_tokens=0", "--config.train.tensorboard=false"]) == 0
+    data = [f"docs={source}", f"lambada=text:{tmp_path}/lam.txt"]
+    out = tmp_path / "m.json"
+    assert cli.main(["eval", "--run", run, "--data", *data, "--context", "32", "--stride", "16", "--quiet",
+                     "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    m = api.load(run)
+    direct = evaluate.evaluate_texts(m.model, m.params, list(docs.values()), m.tokenizer, context=32, stride=16)
+    assert got["docs"]["ppl"] == pytest.approx(direct["ppl"], rel=1e-6) and got["lambada"]["passages"] == 2
+    assert "docs: token ppl" in capsys.readouterr().out
+    assert cli.main(["table", "--runs", run, run, "--names", "x", "y", "--data", *data, "--out", str(tmp_path / "t"),
+                     "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| x |" in printed and "| y |" in printed and (tmp_path / "t" / "table.png").is_file()
+    assert cli.main(["eval", "--run", run, "--data", "cbt_cn=text:x"]) == 2
+    assert "CBT" in capsys.readouterr().err
+
+
+SHARDED_PROBE = """
+import jax, numpy as np
+import flax.linen as nn
+from gpt2_jax import evaluate, sharding
+from gpt2_jax.data import tokenizers
+from gpt2_jax.model import GPT2, GPT2Config, init_params
+cfg = GPT2Config(vocab_size=257, n_positions=32, n_layer=1, n_head=2, n_embd=16)
+params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
+texts = ["some words of text " * 9, "more"]
+one = sharding.make_mesh(sharding.MeshSpec(rules="dp"), devices=jax.devices()[:1])
+for mesh in (one, None):  # one device, then all four
+    scorer = evaluate.TokenScorer(GPT2(cfg), params, batch_size=3, mesh=mesh)
+    out = evaluate.evaluate_texts(GPT2(cfg), params, texts, tokenizers.ByteTokenizer(), stride=8, scorer=scorer)
+    print(scorer.mesh.size, scorer.batch_size, repr(out["nll"]))
+"""
+
+
+def test_sharded_evaluation_matches_one_device():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SHARDED_PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    single, sharded = (line.split() for line in proc.stdout.splitlines()[-2:])
+    assert single[:2] == ["1", "3"] and sharded[:2] == ["4", "4"]  # the batch is rounded up to the devices
+    assert float(sharded[2]) == pytest.approx(float(single[2]), rel=1e-5)
