@@ -213,6 +213,10 @@ def _cmd_convert(args, overrides: list[str]) -> int:
     from gpt2_jax import convert
 
     w = convert.load_weights(args.source, step=args.step)
+    if args.to == "run":
+        convert.save_as_run(args.out, w, args.source)
+        print(f"{args.source} ({w.kind}) -> run directory {args.out} (step 0)", flush=True)
+        return 0
     written = convert.save_hf_directory(args.out, w.config, w.params, w.tokenizer)
     print(f"{args.source} ({w.kind}) -> {args.out}: {', '.join(written)}", flush=True)
     if "vocab.json" not in written:
@@ -328,10 +332,11 @@ def make_parser() -> argparse.ArgumentParser:
         e.add_argument("--stride", type=int, help="window advance (default: the context, i.e. no overlap)")
         e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
         e.add_argument("--quiet", action="store_true", help="no progress bars")
-    cv = sub.add_parser("convert", help="write a run, HF or OpenAI GPT-2 directory as a Hugging Face directory")
+    cv = sub.add_parser("convert", help="write a run, HF or OpenAI GPT-2 directory as a HF directory or a run")
     cv.add_argument("source", help="run directory, HF directory (config.json) or OpenAI directory (hparams.json)")
-    cv.add_argument("--to", choices=["hf"], default="hf")
-    cv.add_argument("--out", required=True, help="the Hugging Face directory to write")
+    cv.add_argument("--to", choices=["hf", "run"], default="hf",
+                    help="hf: safetensors + config.json + tokenizer files; run: a step-0 checkpoint for load/sample")
+    cv.add_argument("--out", required=True, help="the directory to write")
     cv.add_argument("--step", default="latest", help="run directories: latest | best | a step number")
     pl = sub.add_parser("plan", help="per-device memory of a config's train step, compiled for a virtual mesh")
     pl.add_argument("--config", required=True)

@@ -5,7 +5,8 @@ pytorch_model.bin read with `torch.load(weights_only=True)`), and OpenAI's origi
 checkpoints (hparams.json + model.ckpt.* + encoder.json/vocab.bpe) read without TensorFlow
 (tf_bundle.py). Out: a Hugging Face directory (model.safetensors + config.json + vocab.json +
 merges.txt) that `transformers.GPT2LMHeadModel.from_pretrained` loads.
-`load_weights(path)` reads any of the three kinds of directory (a run directory included).
+`load_weights(path)` reads any of the three kinds of directory (a run directory included), and
+`save_as_run` writes weights as a step-0 checkpoint that `gpt2_jax.load` and `gpt2-jax sample` read.
 """
 
 from __future__ import annotations
@@ -345,3 +346,36 @@ def load_weights(path: str | Path, step: str | int = "latest") -> Weights:
         raise FileNotFoundError(f"{path} is not a run directory (checkpoints/), a Hugging Face directory "
                                 "(config.json) or an OpenAI GPT-2 directory (hparams.json); check the path")
     return Weights(cfg, params, _directory_tokenizer(path, cfg), "hf" if (path / "config.json").is_file() else "openai")
+
+
+def save_as_run(run_dir: str | Path, weights: Weights, source: str = "") -> Path:
+    """Write weights as a run directory: a step-0 checkpoint (params, fresh optimizer state) whose config
+    and meta describe the model and tokenizer, so `gpt2_jax.load(run_dir)` and `gpt2-jax sample` work."""
+    import jax
+
+    from gpt2_jax import checkpoint as ckpt
+    from gpt2_jax import config as config_lib
+    from gpt2_jax import experiment, train
+
+    run_dir = Path(run_dir).expanduser()
+    if (run_dir / ckpt.CHECKPOINT_SUBDIR).exists():
+        raise ValueError(f"{run_dir} already has checkpoints; pick a new --out directory")
+    c = weights.config
+    cfg = config_lib.base_config()
+    for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
+        cfg.model[name] = getattr(c, name)
+    cfg.data.tokenizer = "gpt2" if weights.tokenizer.spec()["kind"] == "gpt2_bpe" else "byte"
+    cfg.data.seq_len = min(cfg.data.seq_len, c.n_positions)
+    cfg.train.run_dir = str(run_dir)
+    config_lib.validate(cfg)
+    _, optimizer = experiment.optimizer_from_config(cfg)
+    params = jax.device_put(weights.params)
+    state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                             opt_state=optimizer.init(params), rng=jax.random.key(0))
+    meta = {"tokenizer": weights.tokenizer.spec(), "model": dataclasses.asdict(c), "metrics": {},
+            "data_position": {"step": 0, "seed": cfg.data.seed}, "converted_from": {"path": source, "kind": weights.kind}}
+    manager = ckpt.make_manager(run_dir, async_save=False)
+    ckpt.save(manager, 0, state, cfg.to_dict(), meta)
+    manager.wait_until_finished()
+    manager.close()
+    return run_dir

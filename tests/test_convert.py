@@ -16,7 +16,7 @@ import pytest
 import torch  # the `test` extra installs it: a missing reference must fail, not skip
 import transformers
 
-from gpt2_jax import cli, convert, tf_bundle
+from gpt2_jax import api, cli, convert, tf_bundle
 from gpt2_jax.data import tokenizers
 from gpt2_jax.model import GPT2, GPT2Config
 
@@ -143,6 +143,12 @@ def test_convert_cli_openai_to_hf(tmp_path, params, capsys):
     with torch.no_grad():
         theirs = hf(torch.from_numpy(_ids()).long()).logits.numpy()
     np.testing.assert_allclose(theirs, _our_logits(CFG, params), rtol=1e-4, atol=1e-4)
+    run = tmp_path / "run"  # and into a run directory that gpt2_jax.load reads
+    assert cli.main(["convert", str(dst), "--to", "run", "--out", str(run)]) == 0
+    m = api.load(run)
+    assert m.step == 0 and m.tokenizer.encode("Hello world!") == [15496, 995, 0]
+    np.testing.assert_allclose(np.asarray(m.logits(_ids())), _our_logits(CFG, params), rtol=1e-5, atol=1e-5)
+    assert cli.main(["convert", str(dst), "--to", "run", "--out", str(run)]) == 2  # never over a run's checkpoints
 
 
 def test_bad_inputs_name_the_problem(tmp_path, params):
