@@ -97,6 +97,8 @@ def bench_eval(preset: str = "gpt2", seq_len: int = 1024, stride: int = 512, num
               "cpu_threads": bench._cpu_threads(), "versions": bench._versions(), "results": rows}
     if peer == "hf-torch":
         report["ratio_vs_hf_torch"] = rows["gpt2_jax"]["tokens_per_s"] / rows["hf-torch"]["tokens_per_s"]
+        # fastest pass over fastest pass: less sensitive to a load spike in one round than the medians
+        report["ratio_vs_hf_torch_best"] = rows["hf-torch"]["s_min"] / rows["gpt2_jax"]["s_min"]
     return report
 
 
@@ -111,5 +113,6 @@ def format_eval_report(r: dict[str, Any]) -> str:
         lines.append(f"{name:<10} {row['tokens_per_s']:>10.1f} {row['s_median']:>11.2f} {row['s_min']:>11.2f} "
                      f"{row['targets']:>8} {row['mean_nll']:>9.4f} {row['first_call_s']:>11.1f}")
     if "ratio_vs_hf_torch" in r:
-        lines.append(f"ratio gpt2_jax / hf-torch tokens/s: {r['ratio_vs_hf_torch']:.2f}")
+        lines.append(f"ratio gpt2_jax / hf-torch tokens/s: {r['ratio_vs_hf_torch']:.2f} "
+                     f"(fastest passes: {r['ratio_vs_hf_torch_best']:.2f})")
     return "\n".join(lines)

@@ -50,7 +50,8 @@ def ptb(text: str) -> str:
 
 
 def lambada(text: str) -> str:
-    """LAMBADA detokenizer: typographic double quotes to ASCII, surrounding whitespace stripped."""
+    """LAMBADA detokenizer: typographic double quotes to ASCII, surrounding whitespace stripped (Megatron
+    also puts a newline in front, where lambada.py puts EOS)."""
     return text.replace("\N{LEFT DOUBLE QUOTATION MARK}", '"').replace("\N{RIGHT DOUBLE QUOTATION MARK}", '"').strip()
 
 
