@@ -240,10 +240,14 @@ def encode_documents(texts: Sequence[str], tokenizer, detokenizer: str = "none",
 
 def protocol(context: int, stride: int, detokenizer: str = "none", prepend_eos: bool = True) -> str:
     """One line stating how `evaluate_texts` scored a dataset."""
-    start = "EOS before each text (first token scored)" if prepend_eos else "first token of each text unscored"
-    return (f"context {context}, stride {stride} (each token scored once, >= {context - stride} tokens of "
-            f"context after the first window); {start}; windows within one text; detokenizer {detokenizer}; "
-            f"words/bytes/chars counted on the original text")
+    if stride == context:
+        windows = f"non-overlapping windows of {context} tokens"
+    else:
+        windows = (f"windows of {context} tokens every {stride} (each token scored once, with >= "
+                   f"{context - stride} tokens of context after the first window)")
+    start = "EOS before each text (its first token scored)" if prepend_eos else "first token of each text unscored"
+    return (f"{windows}; {start}; windows within one text; detokenizer {detokenizer}; "
+            f"words/bytes/chars of the original text")
 
 
 def resolve_context(model: model_lib.GPT2, context: int | None, stride: int | None) -> tuple[int, int]:

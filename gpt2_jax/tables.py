@@ -45,12 +45,12 @@ def build(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Columns are (dataset, metric) in first-seen dataset order; values in display units (percent
     for accuracies); `paper` holds Table 3 where the row's size and the column have a value.
     """
-    columns, protocols = [], {}
+    columns, protocols, sources = [], {}, {}
     for row in rows:
         for name, res in row["results"].items():
-            line = f"{res['source']}@{res['split']}: {res['protocol']}"
-            if line not in protocols.setdefault(name, []):  # models of different contexts differ here
-                protocols[name].append(line)
+            sources[name] = f"{res['source']}@{res['split']}"
+            if res["protocol"] not in protocols.setdefault(name, []):  # models of different contexts differ here
+                protocols[name].append(res["protocol"])
             for metric in METRICS[res["task"]]:
                 if (name, metric) not in columns:
                     columns.append((name, metric))
@@ -65,7 +65,7 @@ def build(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if (name, metric) in ref:
                 paper[f"{name}/{metric}"] = ref[(name, metric)]
         out_rows.append({"model": row["model"], "size": row.get("size"), "values": values, "paper": paper})
-    return {"columns": [f"{n}/{m}" for n, m in columns], "rows": out_rows, "protocols": protocols}
+    return {"columns": [f"{n}/{m}" for n, m in columns], "rows": out_rows, "sources": sources, "protocols": protocols}
 
 
 def _fmt(x: float | None) -> str:
@@ -93,7 +93,11 @@ def to_markdown(table: dict[str, Any]) -> str:
         label = row["model"] + (f" [{row['size']}]" if row["size"] else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [f"- {name}: {text}" for name, texts in table["protocols"].items() for text in texts]
+    groups: dict[str, list[str]] = {}  # datasets scored the same way share one footer line
+    for name, texts in table["protocols"].items():
+        for text in texts:
+            groups.setdefault(text, []).append(f"{name} = {table['sources'][name]}")
+    lines += [f"- {', '.join(names)}: {text}" for text, names in groups.items()]
     if any(row["paper"] for row in table["rows"]):
         lines.append("- paper: GPT-2 paper (Radford et al. 2019) Table 3, same model size, zero-shot")
     return "\n".join(lines) + "\n"

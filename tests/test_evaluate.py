@@ -174,7 +174,7 @@ def test_table_formats_and_paper_values(tmp_path):
     assert a["size"] == "117M" and a["paper"]["wikitext2/word_ppl"] == 29.41 and a["values"]["lambada/acc"] == 50.0
     assert b["paper"] == {} and "lambada/acc" not in b["values"]
     md = tables.to_markdown(table)
-    assert "30 (paper 29.41)" in md and "| b | 20 | 30 |" in md and "- lambada: text:l@test: q" in md
+    assert "30 (paper 29.41)" in md and "| b | 20 | 30 |" in md and "- lambada = text:l@test: q" in md
     paths = tables.write(table, tmp_path)
     assert json.loads(open(paths["json"]).read())["columns"][0] == "wikitext2/ppl"
     assert open(paths["csv"]).read().splitlines()[1].startswith("a,117M,20.0,,30.0,29.41")
