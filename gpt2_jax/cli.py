@@ -154,7 +154,8 @@ def _cmd_bench(args, overrides: list[str]) -> int:
 
 
 def _evaluate_runs(args, paths: list[str]) -> list[tuple[object, dict]]:
-    """(weights, {dataset: metrics}) per model path, datasets parsed before any model loads."""
+    """(model config, {dataset: metrics}) per model path, datasets parsed before any model loads;
+    one model's weights are in memory at a time."""
     from gpt2_jax import convert, eval_sets
 
     sets = [eval_sets.parse(spec) for spec in args.data]
@@ -164,9 +165,10 @@ def _evaluate_runs(args, paths: list[str]) -> list[tuple[object, dict]]:
     out = []
     for path in paths:
         w = convert.load_weights(path, step=args.step)
-        out.append((w, eval_sets.evaluate_weights(w, sets, os.path.expanduser(args.data_dir), context=args.context,
-                                                  stride=args.stride, batch_size=args.batch_size,
-                                                  progress=not args.quiet)))
+        results = eval_sets.evaluate_weights(w, sets, os.path.expanduser(args.data_dir), context=args.context,
+                                             stride=args.stride, batch_size=args.batch_size, progress=not args.quiet)
+        out.append((w.config, results))
+        del w  # before the next model loads
     return out
 
 
@@ -196,8 +198,7 @@ def _cmd_table(args, overrides: list[str]) -> int:
     from gpt2_jax import tables
 
     rows = []
-    for i, (w, results) in enumerate(_evaluate_runs(args, args.runs)):
-        c = w.config
+    for i, (c, results) in enumerate(_evaluate_runs(args, args.runs)):
         label = args.names[i] if args.names else os.path.basename(os.path.normpath(args.runs[i]))
         rows.append({"model": label, "size": tables.paper_size(c.n_layer, c.n_embd, c.vocab_size), "results": results})
     table = tables.build(rows)
