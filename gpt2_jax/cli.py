@@ -126,10 +126,49 @@ def _cmd_sample(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_prepare(args, overrides: list[str]) -> int:
+    from gpt2_jax.data import sources, tokenizers, tokens
+
+    if args.config:
+        from gpt2_jax import config as config_lib
+
+        d = config_lib.load_config(args.config, overrides).data
+        source, splits = d.source, [s for s in (d.train_split, d.eval_split, d.test_split) if s]
+        tokenizer, data_dir, text_field = d.tokenizer, d.data_dir, d.text_field
+    elif overrides:
+        raise _UsageError("--config.* overrides need --config")
+    elif not args.source:
+        raise _UsageError("give --config EXPERIMENT.py, or --source SOURCE[:SPLIT]")
+    else:
+        source, pinned = sources.split_source(args.source)
+        splits = [pinned] if pinned else args.splits.split(",")
+        tokenizer, data_dir, text_field = args.tokenizer, args.data_dir, args.text_field
+    tok = tokenizers.make_tokenizer(tokenizer)
+    workers = args.workers or tokens.cpu_count()
+    for split in splits:
+        path = tokens.prepare_split(source, split, tok, os.path.expanduser(data_dir), show_progress=not args.quiet,
+                                    text_field=text_field, workers=workers)
+        h = tokens.load_split(path, tok).header
+        print(f"{source}:{split}: {h['num_tokens']:,} tokens ({h['dtype']}, {len(h['shards'])} shards), "
+              f"{h['num_documents']:,} documents, {h['num_bytes']:,} bytes -> {path}", flush=True)
+    return 0
+
+
 def _cmd_bench(args, overrides: list[str]) -> int:
     from gpt2_jax import bench
 
-    if args.kind == "decode":
+    if args.kind == "data":
+        from gpt2_jax import bench_data
+        from gpt2_jax.data import tokens
+
+        data_dir = os.path.expanduser(args.data_dir)
+        rows = []
+        for workers in sorted({1, args.workers or tokens.cpu_count()}):
+            rows += bench_data.bench_prepare(args.source, args.split, args.tokenizers.split(","), data_dir, workers)
+        split = bench_data.load_for_bench(args.source, args.split, args.tokenizers.split(",")[-1], data_dir)
+        report = {"prepare": rows, "loader": bench_data.bench_loader(split, args.loader_batch, args.loader_seq_len)}
+        text = bench_data.format_data_report(report["prepare"], report["loader"])
+    elif args.kind == "decode":
         report = bench.bench_decode(args.preset, args.batch_size, args.prompt_len, args.new_tokens,
                                     rounds=args.rounds, dtype=args.dtype, peer=args.peer,
                                     vocab_size=args.vocab_size or 50257)
@@ -216,7 +255,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     s.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("bench", help="train-step or decode throughput, optionally beside a peer implementation")
-    b.add_argument("kind", nargs="?", choices=["train", "decode"], default="train")
+    b.add_argument("kind", nargs="?", choices=["train", "decode", "data"], default="train")
     b.add_argument("--preset", default="tiny")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
@@ -230,6 +269,23 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=2, help="interleaved rounds with the peer")
     b.add_argument("--peer", choices=["none", "hf-torch"], default="none")
     b.add_argument("--json", help="also write the report here")
+    bd = b.add_argument_group("data: prepare MB/s per core and loader batches/s")
+    bd.add_argument("--source", default="shakespeare/plays", help="data: the source to tokenize")
+    bd.add_argument("--split", default="train", help="data: its split")
+    bd.add_argument("--tokenizers", default="byte,gpt2", help="data: comma-separated tokenizer names")
+    bd.add_argument("--data-dir", default="~/tensorflow_datasets", help="data: the TFDS data_dir")
+    bd.add_argument("--workers", type=int, default=0, help="data: prepare workers besides 1 (0: all cores)")
+    bd.add_argument("--loader-batch", type=int, default=8, help="data: loader batch rows")
+    bd.add_argument("--loader-seq-len", type=int, default=1024, help="data: loader tokens per row")
+    pr = sub.add_parser("prepare", help="tokenize a source's splits once into token shards (reused by train)")
+    pr.add_argument("--config", help="prepare the train/eval/test splits this experiment names")
+    pr.add_argument("--source", help="SOURCE or SOURCE:SPLIT (see gpt2_jax/data/sources.py)")
+    pr.add_argument("--splits", default="train,validation,test", help="comma-separated splits of --source")
+    pr.add_argument("--tokenizer", default="byte", help="byte | gpt2 | gpt2:/path | sentencepiece:/path.model")
+    pr.add_argument("--data-dir", default="~/tensorflow_datasets")
+    pr.add_argument("--text-field", default="text", help="the text feature of a tfds: source")
+    pr.add_argument("--workers", type=int, default=0, help="tokenizing processes (0: one per CPU core)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pl = sub.add_parser("plan", help="per-device memory of a config's train step, compiled for a virtual mesh")
     pl.add_argument("--config", required=True)
     pl.add_argument("--devices", type=int, help="virtual CPU devices to compile for (default: the real ones)")
@@ -245,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gpt2-jax` console script."""
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
-    commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan}
+    commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan,
+                "prepare": _cmd_prepare}
     try:
         return commands[args.command](args, _split_overrides(extra))
     except (ValueError, FileNotFoundError, RuntimeError) as e:

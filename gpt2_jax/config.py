@@ -19,6 +19,7 @@ from ml_collections import config_dict
 
 from gpt2_jax import model as model_lib
 from gpt2_jax import optim, sharding
+from gpt2_jax.data import sources
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -44,11 +45,14 @@ def base_config() -> config_dict.ConfigDict:
         remat="none",  # none | full | dots
     )
     c.data = dict(
-        source="shakespeare/plays",
+        source="shakespeare/plays",  # shakespeare[/...] | tfds:NAME[/CONFIG] | text:GLOB | jsonl:GLOB:FIELD
+        text_field="text",  # the text feature of a tfds: source
         tokenizer="byte",  # byte | gpt2
         data_dir="~/tensorflow_datasets",
         train_split="train", eval_split="validation", test_split="test",
         seq_len=256, batch_size=32, seed=0,
+        prepare_workers=0,  # processes that tokenize a split (0: one per CPU core)
+        prefetch=2,  # training batches built ahead of the device
     )
     c.optim = dict(
         name="adamw", lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
@@ -219,6 +223,9 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _check(d.seq_len <= mc.n_positions, "data.seq_len",
            f"{d.seq_len} exceeds the model's context model.n_positions={mc.n_positions}")
     _check(d.batch_size > 0, "data.batch_size", f"must be positive, got {d.batch_size}")
+    _check(d.prepare_workers >= 0, "data.prepare_workers", f"must be >= 0, got {d.prepare_workers}")
+    _check(d.prefetch >= 1, "data.prefetch", f"must be >= 1, got {d.prefetch}")
+    _check_source(d.source)
     o = cfg.optim
     _choice(cfg, "optim.name", optim.OPTIMIZERS)
     _choice(cfg, "optim.schedule", optim.SCHEDULES)
@@ -248,6 +255,15 @@ def validate(cfg: config_dict.ConfigDict) -> None:
         sharding.logical_rules(cfg.mesh.rules)
     except sharding.ShardingError as e:
         raise ConfigError(f"config key {e}") from None
+
+
+def _check_source(source: str) -> None:
+    try:
+        canonical, split = sources.split_source(source)
+    except ValueError as e:
+        raise ConfigError(f"config key data.source: {e}") from None
+    _check(split is None, "data.source", f"{source!r} pins split {split!r}; name the corpus only "
+           f"({canonical!r}) and set data.train_split / eval_split / test_split")
 
 
 def load_config(path: str, overrides: Iterable[str] = ()) -> config_dict.ConfigDict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -21,7 +22,7 @@ from gpt2_jax import checkpoint as ckpt
 from gpt2_jax import config as config_lib
 from gpt2_jax import distributed, evaluate, generate, metrics as metrics_lib, optim, plots, sharding, train
 from gpt2_jax import model as model_lib
-from gpt2_jax.data import tokenizers, tokens as tokens_lib
+from gpt2_jax.data import loader, tokenizers, tokens as tokens_lib
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,12 +48,14 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> C
     tokenizer = tokenizers.make_tokenizer(d.tokenizer)
     splits = {}
     roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
+    prepare = functools.partial(tokens_lib.prepare_split, d.source, tokenizer=tokenizer, data_dir=data_dir,
+                                text_field=d.text_field, workers=d.prepare_workers or tokens_lib.cpu_count())
     if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
         for _, name in roles:
-            tokens_lib.prepare_split(d.source, name, tokenizer, data_dir, show_progress=cfg.train.progress)
+            prepare(split=name, show_progress=cfg.train.progress)
     distributed.sync("data prepared")
     for role, name in roles:
-        splits[role] = tokens_lib.load_split(tokens_lib.prepare_split(d.source, name, tokenizer, data_dir))
+        splits[role] = tokens_lib.load_split(prepare(split=name, show_progress=False), tokenizer)
     mcfg = config_lib.model_config(cfg, tokenizer.vocab_size)
     if mcfg.vocab_size < tokenizer.vocab_size:
         raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
@@ -75,7 +78,7 @@ def train_batch(c: Components, step: int, rows: slice | None = None) -> np.ndarr
     """Rows `rows` (default all) of the (accum, B, T+1) batch of optimizer step `step`: a pure
     function of (seed, step), whichever process reads which rows."""
     d, accum = c.cfg.data, c.cfg.optim.accum_steps
-    return np.stack([tokens_lib.train_batch(c.splits["train"].tokens, d.seed, step * accum + a, d.batch_size,
+    return np.stack([loader.train_batch(c.splits["train"].tokens, d.seed, step * accum + a, d.batch_size,
                                             d.seq_len, rows) for a in range(accum)])
 
 
@@ -102,7 +105,8 @@ def make_steps(c: Components, echo: Callable[[str], None] = print) -> train.Step
 def _meta(c: Components, step: int, metrics: dict) -> dict:
     return {
         "tokenizer": c.tokenizer.spec(),
-        "data_position": {"step": step, "seed": c.cfg.data.seed},
+        "data_position": {"step": step, "seed": c.cfg.data.seed, "epochs": loader.epochs_seen(
+            step, c.cfg.data.batch_size * c.cfg.data.seq_len * c.cfg.optim.accum_steps, c.splits["train"].num_tokens)},
         "model": dataclasses.asdict(c.model.cfg),
         "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
         "metrics": metrics,
@@ -187,9 +191,10 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                       metrics={"val_loss": last_val["val_loss"]} if "val_loss" in last_val else None)
             saved.add(step)
 
+    batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, t.steps, cfg.data.prefetch)
     try:
         for step in range(start, t.steps):
-            state, step_metrics = steps.train(state, global_train_batch(c, steps, step))
+            state, step_metrics = steps.train(state, batches.get(step))
             log.push(step + 1, step_metrics)  # logs the previous step's metrics, one step late
             bar.update(1)
             done = step + 1
@@ -210,6 +215,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 raise SystemExit(130 if stop["signal"] == "SIGINT" else 143)
         log.flush()
     finally:
+        batches.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         bar.close()
