@@ -278,6 +278,7 @@ def test_spm_spec_rebuilds_and_checks_hash(spm_tok, tmp_path):
     again = tk.from_spec(spec)
     assert again.encode(VARIED) == spm_tok.encode(VARIED)
     assert tk.make_tokenizer(f"sentencepiece:{spm_tok.path}").spec() == spec
+    assert tk.make_tokenizer("sentencepiece", path=spm_tok.path).spec() == spec
     proto = spm.parse_model(spm_tok.path.read_bytes(), spm_tok.path)
     proto.trainer_spec.model_prefix = "edited"  # a valid model that encodes the same, with another hash
     copy = tmp_path / "copy.model"

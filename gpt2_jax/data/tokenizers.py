@@ -260,8 +260,10 @@ def file_entry(role: str, path: pathlib.Path) -> dict:
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """Returns (kind, path) of a tokenizer name such as 'byte', 'gpt2', 'gpt2:/dir' or
-    'sentencepiece:/x.model'; ValueError if the kind is unknown or its path is missing or extra."""
+    """Returns (kind, path) of a name: 'byte', 'gpt2', 'gpt2:/dir_or_file' or 'sentencepiece:/x.model'.
+
+    Raises ValueError if the kind is unknown, or its path is missing or not allowed.
+    """
     kind, _, path = name.partition(":")
     if kind not in KINDS:
         raise ValueError(f"unknown tokenizer {name!r}; choose 'byte', 'gpt2', 'gpt2:/path/to/files' "
@@ -275,12 +277,11 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def make_tokenizer(name: str, **kwargs) -> Tokenizer:
-    """Returns the tokenizer called `name`: 'byte', 'gpt2' (packaged files), 'gpt2:/dir_or_file'
-    or 'sentencepiece:/path/to/x.model'.
+    """Returns the tokenizer called `name` (see `split_name`); plain 'gpt2' uses the packaged files.
 
-    `make_tokenizer('gpt2', path=...)` is the same as `'gpt2:' + path`.
+    `make_tokenizer('gpt2', path=...)` is the same as `'gpt2:' + path` (also for 'sentencepiece').
     """
-    if name.partition(":")[0] in ("gpt2", "sentencepiece") and "path" in kwargs and ":" not in name:
+    if name in ("gpt2", "sentencepiece") and "path" in kwargs:
         name = f"{name}:{os.fspath(kwargs.pop('path'))}"
     if kwargs:
         raise ValueError(f"make_tokenizer({name!r}) got unexpected options {sorted(kwargs)}; "
