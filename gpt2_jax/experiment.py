@@ -46,6 +46,10 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> C
     d = cfg.data
     data_dir = str(pathlib.Path(d.data_dir).expanduser())
     tokenizer = tokenizers.make_tokenizer(d.tokenizer)
+    mcfg = config_lib.model_config(cfg, tokenizer.vocab_size)
+    if mcfg.vocab_size < tokenizer.vocab_size:  # checked before any tokenizing
+        raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
+                                     f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
     splits = {}
     roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
     prepare = functools.partial(tokens_lib.prepare_split, d.source, tokenizer=tokenizer, data_dir=data_dir,
@@ -56,10 +60,6 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> C
     distributed.sync("data prepared")
     for role, name in roles:
         splits[role] = tokens_lib.load_split(prepare(split=name, show_progress=False), tokenizer)
-    mcfg = config_lib.model_config(cfg, tokenizer.vocab_size)
-    if mcfg.vocab_size < tokenizer.vocab_size:
-        raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
-                                     f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
     schedule, optimizer = optimizer_from_config(cfg)
     return Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits)
 
