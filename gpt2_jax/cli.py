@@ -165,7 +165,7 @@ def _cmd_bench(args, overrides: list[str]) -> int:
         rows = []
         for workers in sorted({1, args.workers or tokens.cpu_count()}):
             rows += bench_data.bench_prepare(args.source, args.split, args.tokenizers.split(","), data_dir, workers)
-        split = bench_data.load_for_bench(args.source, args.split, args.tokenizers.split(",")[-1], data_dir)
+        split = bench_data.load_for_bench(args.source, args.split, "gpt2", data_dir)
         report = {"prepare": rows, "loader": bench_data.bench_loader(split, args.loader_batch, args.loader_seq_len)}
         text = bench_data.format_data_report(report["prepare"], report["loader"])
     elif args.kind == "decode":
@@ -286,7 +286,7 @@ def make_parser() -> argparse.ArgumentParser:
     bd = b.add_argument_group("data: prepare MB/s per core and loader batches/s")
     bd.add_argument("--source", default="shakespeare/plays", help="data: the source to tokenize")
     bd.add_argument("--split", default="train", help="data: its split")
-    bd.add_argument("--tokenizers", default="byte,gpt2", help="data: comma-separated tokenizer names")
+    bd.add_argument("--tokenizers", default="byte,gpt2,sentencepiece", help="data: comma-separated tokenizer names (sentencepiece: train 8000 BPE pieces first)")
     bd.add_argument("--data-dir", default="~/tensorflow_datasets", help="data: the TFDS data_dir")
     bd.add_argument("--workers", type=int, default=0, help="data: prepare workers besides 1 (0: all cores)")
     bd.add_argument("--loader-batch", type=int, default=8, help="data: loader batch rows")
