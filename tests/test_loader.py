@@ -82,3 +82,14 @@ def test_prefetcher_closes_early_and_checks_order():
     assert not prefetch._thread.is_alive()  # pylint: disable=protected-access
     with pytest.raises(ValueError, match="depth must be >= 1"):
         loader.Prefetcher(lambda s: s, 0, 1, depth=0)
+
+
+def test_bench_data_reports_prepare_and_loader_rates(tmp_path, capsys):
+    from gpt2_jax import cli
+
+    (tmp_path / "a.txt").write_text("To be, or not to be, that is the question. " * 200, encoding="utf-8")
+    assert cli.main(["bench", "data", "--source", f"text:{tmp_path}/a.txt", "--tokenizers", "byte,gpt2",
+                     "--workers", "1", "--data-dir", str(tmp_path), "--loader-seq-len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:4] == ["byte", "1", "0.01", "8,600"]  # 8,600 bytes, one document
+    assert "gpt2" in out.splitlines()[2] and "loader 8x64 (+1)" in out and "x the target" in out
