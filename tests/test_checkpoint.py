@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -225,3 +226,38 @@ def test_export_load_and_init_from(straight, tmp_path, capsys):
                           "--config.model.n_embd=32")) == 2
     err = capsys.readouterr().err.strip()
     assert "holds a different model (model.n_embd: 64 -> 32)" in err and "\n" not in err
+
+
+def _probe(mode: str, root: pathlib.Path, run: str) -> dict:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "checkpoint_probe.py"), mode, str(root / run),
+                           *_args(root, run, 10)[4:]], capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("REPORT "))[len("REPORT "):])
+
+
+def test_a_checkpoint_of_8_devices_restores_on_1_device_and_on_2x2x2(straight):
+    root, _ = straight
+    written = _probe("write", root, "layout")
+    assert written["devices"] == 8 and written["qkv_spec"] == "P('fsdp', None, 'tensor', None)"
+    moved = _probe("restore", root, "layout")
+    assert moved["devices"] == 8 and moved["qkv_spec"] == "P('fsdp', None, 'tensor', None)"
+    assert moved["identical"] and moved["logits_max_diff"] <= 1e-5
+    assert moved["load_mesh"].startswith("data=1 fsdp=8 tensor=1 over 8 cpu devices")
+    assert moved["load_logits_max_diff"] <= 1e-5
+
+    from gpt2_jax import checkpoint as ckpt, config as config_lib, experiment  # this process: 1 device
+    expected = np.load(root / "layout" / "expected.npz")
+    cfg = config_lib.load_config(DEFAULT, _args(root, "layout", 10)[4:])
+    steps = experiment.make_steps(experiment.build(cfg, echo=lambda _: None), echo=lambda _: None)
+    assert steps.mesh.devices.size == 1
+    manager = ckpt.make_manager(root / "layout", read_only=True)
+    target = ckpt.abstract_like(steps.abstract_state)
+    state = ckpt.restore_state(manager, 10, target)
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+    for path, value in leaves:
+        np.testing.assert_array_equal(value, expected["/".join(str(k.key) for k in path)])
+    m = api.load(root / "layout")
+    assert m.mesh is None and "step 10" in m.summary()
+    logits = m.logits(np.arange(3, 35, dtype=np.int32))  # the ids the 8-device run scored
+    np.testing.assert_allclose(np.asarray(logits), expected["logits"], atol=1e-5, rtol=1e-5)
