@@ -153,7 +153,7 @@ def _cmd_bench(args, overrides: list[str]) -> int:
         from gpt2_jax import bench_ckpt
 
         report = bench_ckpt.bench_ckpt(args.preset, args.batch_size, args.seq_len, args.steps,
-                                       every=args.save_every, vocab_size=args.vocab_size or 50257,
+                                       every=args.save_every, vocab_size=args.vocab_size or 257,
                                        rounds=args.rounds, save_preset=args.save_preset)
         text = bench_ckpt.format_report(report)
     elif args.kind == "decode":
