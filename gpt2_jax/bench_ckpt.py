@@ -47,17 +47,20 @@ def time_blocking_save(preset: str, saves: int = 2) -> dict[str, Any]:
             "blocking_s": blocking, "total_s": total}
 
 
-def _loop_seconds(steps: train.Steps, state, batch, n: int, manager, every: int) -> tuple[Any, float]:
+def _loop_seconds(steps: train.Steps, state, batch, n: int, manager, every: int) -> tuple[Any, float, list[float]]:
+    """(state, seconds per step, seconds each save call held the loop)."""
     t0 = time.perf_counter()
-    start = int(state.step)
+    start, held = int(state.step), []
     for i in range(n):
         state, metrics = steps.train(state, batch)
         float(metrics["loss"])  # the training loop reads every step's loss
         if manager is not None and (start + i + 1) % every == 0:
+            t = time.perf_counter()
             ckpt.save(manager, start + i + 1, state, {}, {})
+            held.append(time.perf_counter() - t)
     if manager is not None:
         manager.wait_until_finished()  # a save still running belongs to this loop's cost
-    return state, (time.perf_counter() - t0) / n
+    return state, (time.perf_counter() - t0) / n, held
 
 
 def time_save_overhead(preset: str, batch_size: int, seq_len: int, steps: int, every: int,
@@ -69,19 +72,22 @@ def time_save_overhead(preset: str, batch_size: int, seq_len: int, steps: int, e
     batch = rng.integers(0, vocab_size, (1, batch_size, seq_len + 1)).astype(np.int32)
     state = train_steps.init()
     times: dict[str, list[float]] = {"no_save": [], "save": []}
+    held: list[float] = []
     with tempfile.TemporaryDirectory() as run_dir:
         manager = ckpt.make_manager(run_dir, max_to_keep=3, keep_best=0)
-        state, _ = _loop_seconds(train_steps, state, batch, every, manager, every)  # compile + first save
+        state, _, _ = _loop_seconds(train_steps, state, batch, every, manager, every)  # compile + first save
         for _ in range(rounds):
-            state, t = _loop_seconds(train_steps, state, batch, steps, None, every)
+            state, t, _ = _loop_seconds(train_steps, state, batch, steps, None, every)
             times["no_save"].append(t)
-            state, t = _loop_seconds(train_steps, state, batch, steps, manager, every)
+            state, t, h = _loop_seconds(train_steps, state, batch, steps, manager, every)
             times["save"].append(t)
+            held += h
         manager.close()
     no_save, save = float(np.median(times["no_save"])), float(np.median(times["save"]))
     return {"preset": preset, "batch_size": batch_size, "seq_len": seq_len, "steps": steps, "every": every,
             "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)), "step_s": times,
-            "no_save_step_s": no_save, "save_step_s": save, "overhead": save / no_save - 1.0}
+            "no_save_step_s": no_save, "save_step_s": save, "overhead": save / no_save - 1.0,
+            "save_held_s": held, "held_share": sum(held) / (save * steps * rounds)}
 
 
 def bench_ckpt(preset: str = "tiny", batch_size: int = 16, seq_len: int = 128, steps: int = 40, every: int = 10,
@@ -104,4 +110,6 @@ def format_report(r: dict[str, Any]) -> str:
         f"{o['no_save_step_s'] * 1e3:.1f} ms/step without saving, {o['save_step_s'] * 1e3:.1f} ms/step saving every "
         f"{o['every']} steps ({o['overhead'] * 100:+.1f}%; rounds "
         f"{', '.join(f'{a * 1e3:.1f}/{b_ * 1e3:.1f}' for a, b_ in zip(o['step_s']['no_save'], o['step_s']['save']))})",
+        f"each save held the loop for {np.median(o['save_held_s']) * 1e3:.1f} ms (median of {len(o['save_held_s'])}; "
+        f"max {max(o['save_held_s']) * 1e3:.1f}), {o['held_share'] * 100:.2f}% of the saving rounds' time",
     ])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import orbax.checkpoint as ocp
@@ -61,6 +61,7 @@ def make_manager(run_dir: str | pathlib.Path, max_to_keep: int = 3, keep_best: i
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only,  # the unfinished save of a killed run
         create=not read_only,
         read_only=read_only,
     )
@@ -100,11 +101,12 @@ def _files(root: pathlib.Path) -> dict[str, int]:
             if p.is_file() and p.name != MANIFEST}
 
 
-def seal(manager: ocp.CheckpointManager) -> None:
-    """Write the file list of every finalized step that has none (process 0; files never change after)."""
+def seal(manager: ocp.CheckpointManager, steps: Iterable[int] | None = None) -> None:
+    """Write the file list of each finalized step (default: all) that has none (process 0; a step's
+    files never change after it is finalized)."""
     if jax.process_index() != 0:
         return
-    for step in manager.all_steps():
+    for step in manager.all_steps() if steps is None else steps:
         root = step_dir(manager, step)
         if root.is_dir() and not (root / MANIFEST).exists():
             tmp = root / f".{MANIFEST}.tmp"

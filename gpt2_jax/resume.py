@@ -129,7 +129,7 @@ def _after_restore(manager, step: int, echo: Callable[[str], None]) -> None:
         dest = _set_aside(manager, s, "superseded")
         echo(f"notice: step {s} is after the resumed step {step}; moved it to {dest}")
     if distributed.is_primary():
-        ckpt.seal(manager)  # the restore read every file of the step: it is as saved
+        ckpt.seal(manager, [step])  # the restore read every file of the step: it is as saved
         moved = move_metrics_after(run_dir, step)
         if moved:
             echo(f"notice: {moved} metrics rows after step {step} moved to {run_dir / REPLACED_METRICS}")

@@ -152,6 +152,7 @@ def test_damaged_latest_checkpoint_names_step_and_file_and_resume_falls_back(str
     ckpts = run / "checkpoints"
     latest = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
     problem = damage(ckpts / str(latest))
+    (ckpts / f"{latest + 10}.orbax-checkpoint-tmp-1732").mkdir()  # a save that a kill cut off
     damaged, others = _digest(ckpts / str(latest)), {s: _digest(ckpts / s) for s in os.listdir(ckpts)
                                                     if s.isdigit() and int(s) != latest}
     with pytest.raises(CheckpointError) as e:  # load() names it too, and moves nothing
@@ -170,6 +171,7 @@ def test_damaged_latest_checkpoint_names_step_and_file_and_resume_falls_back(str
     assert f"resumed from step {previous}" in out
     assert _digest(run / "damaged" / str(latest)) == damaged  # kept as it was, for the user to look at
     assert {s: _digest(ckpts / s) for s in others} == others  # no other checkpoint touched
+    assert sorted(os.listdir(ckpts)) == sorted(others)  # the unfinished save is cleaned up
 
 
 def test_not_a_checkpoint_and_unknown_steps_are_one_line_errors(straight, tmp_path, capsys):
@@ -261,3 +263,16 @@ def test_a_checkpoint_of_8_devices_restores_on_1_device_and_on_2x2x2(straight):
     assert m.mesh is None and "step 10" in m.summary()
     logits = m.logits(np.arange(3, 35, dtype=np.int32))  # the ids the 8-device run scored
     np.testing.assert_allclose(np.asarray(logits), expected["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_bench_ckpt_reports_blocking_and_overhead(tmp_path, capsys):
+    report_path = tmp_path / "bench.json"
+    assert cli.main(["bench", "ckpt", "--preset", "nano", "--batch-size", "2", "--seq-len", "16", "--steps", "4",
+                     "--save-every", "2", "--rounds", "1", "--save-preset", "nano", "--json", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    assert "save of the nano train state" in out and "saving every 2 steps" in out
+    r = json.loads(report_path.read_text())
+    save = r["blocking_save"]
+    assert 0 <= save["state_bytes"] - 3 * 4 * save["params"] < 100  # fp32 params, two Adam moments, scalars
+    assert all(0 < b <= t for b, t in zip(save["blocking_s"], save["total_s"]))
+    assert r["overhead"]["no_save_step_s"] > 0 and r["overhead"]["save_step_s"] > 0
