@@ -135,7 +135,7 @@ def check_step(manager: ocp.CheckpointManager, step: int, target: Any = None,
     where = manager.directory
     if not root.is_dir():
         raise CheckpointError(f"step {step} is not in {where}; available steps: {sorted(manager.all_steps())}")
-    listed = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).exists() else {}
+    listed = _parse_json(where, step, root, MANIFEST) if (root / MANIFEST).exists() else {}
     listed = {rel: size for rel, size in listed.items() if rel.split("/")[0] in items}
     parsed = {rel: _parse_json(where, step, root, rel) for rel in JSON_FILES if rel.split("/")[0] in items}
     if target is not None:

@@ -241,7 +241,8 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _check(cfg.checkpoint.every > 0, "checkpoint.every", "must be positive")
     _check(cfg.checkpoint.max_to_keep >= 1, "checkpoint.max_to_keep", "must be >= 1")
     r = cfg.checkpoint.resume_from
-    _check(r in ("latest", "best") or r.isdigit(), "checkpoint.resume_from", f"must be latest, best or a step, got {r!r}")
+    _check(r in ("latest", "best") or r.isdigit(), "checkpoint.resume_from",
+           f"must be latest, best or a step, got {r!r}")
     for name in ("data", "fsdp", "tensor"):
         v = cfg.mesh[name]
         _check(v == -1 or v >= 1, f"mesh.{name}", f"must be -1 (all remaining devices) or >= 1, got {v}")
