@@ -51,7 +51,7 @@ def _join_cluster(args) -> None:
 def _cmd_train(args, overrides: list[str]) -> int:
     from gpt2_jax import config as config_lib
 
-    cfg = config_lib.load_config(args.config, overrides)
+    cfg = config_lib.load_config(args.config, [*overrides, *_start_overrides(args)])
     _join_cluster(args)
     from gpt2_jax import distributed, experiment  # after validation, so a config typo fails before JAX loads
     if args.quiet:
@@ -86,6 +86,26 @@ def _cmd_train(args, overrides: list[str]) -> int:
                                           cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)
             say(f"sample:\n{cfg.train.sample_prompt}{text}", flush=True)
     say(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+def _start_overrides(args) -> list[str]:
+    """--resume-from / --init-from as the config keys they set."""
+    out = []
+    if args.resume_from is not None:
+        out.append(f"checkpoint.resume_from={args.resume_from!r}")
+    if args.init_from is not None:
+        out.append(f"checkpoint.init_from={os.path.abspath(args.init_from)!r}")
+    return out
+
+
+def _cmd_export(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("export takes no --config overrides")
+    from gpt2_jax import export
+
+    out = export.export(args.run, args.out, step=args.step, dtype=args.dtype)
+    print(f"exported step {export.open_source(out).step} of {args.run} ({args.dtype}) to {out}", flush=True)
     return 0
 
 
@@ -168,6 +188,13 @@ def _cmd_bench(args, overrides: list[str]) -> int:
         split = bench_data.load_for_bench(args.source, args.split, "gpt2", data_dir)
         report = {"prepare": rows, "loader": bench_data.bench_loader(split, args.loader_batch, args.loader_seq_len)}
         text = bench_data.format_data_report(report["prepare"], report["loader"])
+    elif args.kind == "ckpt":
+        from gpt2_jax import bench_ckpt
+
+        report = bench_ckpt.bench_ckpt(args.preset, args.batch_size, args.seq_len, args.steps,
+                                       every=args.save_every, vocab_size=args.vocab_size or 257,
+                                       rounds=args.rounds, save_preset=args.save_preset)
+        text = bench_ckpt.format_report(report)
     elif args.kind == "decode":
         report = bench.bench_decode(args.preset, args.batch_size, args.prompt_len, args.new_tokens,
                                     rounds=args.rounds, dtype=args.dtype, peer=args.peer,
@@ -244,6 +271,8 @@ def make_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an experiment config (resumes if the run dir has checkpoints)")
     t.add_argument("--config", required=True, help="experiments/<name>.py; then --config.section.key=value")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--resume-from", help="latest (default: the newest good step) | best | a step number")
+    t.add_argument("--init-from", help="an export or run dir whose params start this run (fine-tuning)")
     g = t.add_argument_group("multi-process (default: GPT2_JAX_* env, else SLURM / TPU-pod auto-detection)")
     g.add_argument("--coordinator", help="HOST:PORT of process 0, reachable from every process")
     g.add_argument("--num-processes", type=int, help="processes in the run")
@@ -269,7 +298,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     s.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("bench", help="train-step or decode throughput, optionally beside a peer implementation")
-    b.add_argument("kind", nargs="?", choices=["train", "decode", "data"], default="train")
+    b.add_argument("kind", nargs="?", choices=["train", "decode", "data", "ckpt"], default="train")
     b.add_argument("--preset", default="tiny")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
@@ -300,6 +329,13 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--text-field", default="text", help="the text feature of a tfds: source")
     pr.add_argument("--workers", type=int, default=0, help="tokenizing processes (0: one per CPU core)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--save-every", type=int, default=10, help="ckpt: steps between saves in the timed run")
+    b.add_argument("--save-preset", default="gpt2", help="ckpt: preset whose full state times one save")
+    e = sub.add_parser("export", help="weights only (no optimizer state) of a run's step, for load() and --init-from")
+    e.add_argument("--run", required=True, help="the run directory")
+    e.add_argument("--step", default="best", help="best (default) | latest | a step number")
+    e.add_argument("--out", required=True, help="a new directory")
+    e.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     pl = sub.add_parser("plan", help="per-device memory of a config's train step, compiled for a virtual mesh")
     pl.add_argument("--config", required=True)
     pl.add_argument("--devices", type=int, help="virtual CPU devices to compile for (default: the real ones)")
@@ -330,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
     commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan,
-                "prepare": _cmd_prepare, "tokenizer": _cmd_tokenizer}
+                "prepare": _cmd_prepare, "tokenizer": _cmd_tokenizer, "export": _cmd_export}
     try:
         return commands[args.command](args, _split_overrides(extra))
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -67,7 +67,9 @@ def base_config() -> config_dict.ConfigDict:
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
                   rules="fsdp+tp")  # dp | fsdp | tp | fsdp+tp, or 'logical=axis,...' (sharding.py)
     c.eval = dict(batch_size=32, max_batches=ph(int))  # None: the whole split
-    c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True)
+    c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True,
+                        resume_from="latest",  # latest (the newest good step) | best | a step number
+                        init_from="")  # an export or run dir whose params start a new run (fine-tuning)
     return c
 
 
@@ -255,6 +257,9 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _check(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive")
     _check(cfg.checkpoint.every > 0, "checkpoint.every", "must be positive")
     _check(cfg.checkpoint.max_to_keep >= 1, "checkpoint.max_to_keep", "must be >= 1")
+    r = cfg.checkpoint.resume_from
+    _check(r in ("latest", "best") or r.isdigit(), "checkpoint.resume_from",
+           f"must be latest, best or a step, got {r!r}")
     for name in ("data", "fsdp", "tensor"):
         v = cfg.mesh[name]
         _check(v == -1 or v >= 1, f"mesh.{name}", f"must be -1 (all remaining devices) or >= 1, got {v}")

@@ -16,11 +16,13 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from ml_collections import config_dict
+from orbax.checkpoint import __version__ as ocp_version
 from tqdm.auto import tqdm
 
+import gpt2_jax
 from gpt2_jax import checkpoint as ckpt
 from gpt2_jax import config as config_lib
-from gpt2_jax import distributed, evaluate, generate, metrics as metrics_lib, optim, plots, sharding, train
+from gpt2_jax import distributed, evaluate, generate, metrics as metrics_lib, optim, plots, resume, sharding, train
 from gpt2_jax import model as model_lib
 from gpt2_jax.data import loader, tokenizers, tokens as tokens_lib
 
@@ -108,29 +110,10 @@ def _meta(c: Components, step: int, metrics: dict) -> dict:
         "data_position": {"step": step, "seed": c.cfg.data.seed, "epochs": loader.epochs_seen(
             step, c.cfg.data.batch_size * c.cfg.data.seq_len * c.cfg.optim.accum_steps, c.splits["train"].num_tokens)},
         "model": dataclasses.asdict(c.model.cfg),
-        "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
+        "versions": {"gpt2_jax": gpt2_jax.__version__, "jax": jax.__version__, "orbax": ocp_version,
+                     "python": sys.version.split()[0]},
         "metrics": metrics,
     }
-
-
-def _restore_or_init(c: Components, steps: train.Steps, manager, echo) -> train.TrainState:
-    step = manager.latest_step()
-    if step is None:
-        return steps.init()
-    _, meta = ckpt.restore_json(manager, step)
-    saved = meta.get("model", {})
-    now = dataclasses.asdict(c.model.cfg)
-    shape_keys = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "vocab_multiple", "param_dtype")
-    differ = [k for k in shape_keys if k in saved and saved[k] != now[k]]
-    if differ:
-        raise ckpt.CheckpointError(
-            f"run dir {manager.directory.parent} holds a model with different {', '.join(differ)} "
-            f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in differ)}); use a new train.run_dir")
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          steps.abstract_state, steps.state_sharding)
-    state = ckpt.restore_state(manager, step, target)
-    echo(f"resumed from step {step} in {manager.directory}")
-    return state
 
 
 def _install_stop_handler() -> tuple[dict, dict]:
@@ -164,7 +147,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     distributed.sync("run dir ready")
     k = cfg.checkpoint
     manager = ckpt.make_manager(run_dir, k.max_to_keep, k.keep_best, k.async_save)
-    state = _restore_or_init(c, steps, manager, echo)
+    state = resume.restore_or_init(c, steps, manager, echo)
     writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard) if primary else None
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
     flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
@@ -209,17 +192,18 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 log.restart_clock()
             if done % stop_every == 0 and distributed.any_process(stop["signal"] is not None):
                 save(done)
-                manager.wait_until_finished()
+                ckpt.finish(manager)
                 echo(f"stopped by {stop['signal'] or 'another process'} at step {done}; checkpoint saved in "
                      f"{manager.directory}; run the same command again to resume")
-                raise SystemExit(130 if stop["signal"] == "SIGINT" else 143)
+                # A preempted job (SIGTERM) ends cleanly so its scheduler does not count a failure; Ctrl-C keeps 130.
+                raise SystemExit(130 if stop["signal"] == "SIGINT" else 0)
         log.flush()
     finally:
         batches.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         bar.close()
-        manager.wait_until_finished()
+        ckpt.finish(manager)
         if writer is not None:
             writer.close()
     # The reported numbers always score every token of the held-out splits (eval.max_batches is
