@@ -29,7 +29,10 @@ def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) 
 
 
 def _torch_setup(threads: int, dtype: str):
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError("the PyTorch peers need torch: pip install -c constraints.txt torch transformers") from None
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -81,7 +84,10 @@ def hf_torch_stepper(shape: dict[str, int], batch: np.ndarray, dtype: str, compi
     """A train step of transformers' GPT2LMHeadModel (SDPA attention) of `shape`, already run once,
     and facts about it (device, compiled, first step time, autocast)."""
     torch, device, amp = _torch_setup(threads, dtype)
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise RuntimeError("--peer hf-torch needs transformers: pip install -c constraints.txt transformers") from None
 
     hf_cfg = transformers.GPT2Config(
         vocab_size=shape["vocab_size"], n_positions=shape["n_positions"], n_embd=shape["n_embd"],

@@ -62,14 +62,26 @@ def _gpu_plan(nanogpt: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _cpu_plan(nanogpt: str | None) -> list[dict[str, Any]]:
+def _cpu_switches_plan(nanogpt: str | None) -> list[dict[str, Any]]:
+    """The switches a CPU can show, one at a time from fp32 on the tiny preset with GPT-2's vocabulary."""
+    base = ["--preset", "tiny", "--seq-len", "128", "--batch-size", "16", "--vocab-size", "50257", "--steps", "6",
+            "--warmup", "1", "--rounds", "1"]
+    switches = [("fp32, whole-batch loss", []), ("loss chunk 32", ["--loss-chunk", "32"]),
+                ("vocab padded to 50304", ["--vocab-multiple", "128"]), ("remat dots", ["--remat", "dots"]),
+                ("remat full", ["--remat", "full"]), ("bf16 compute", ["--dtype", "bfloat16"]),
+                ("all-bf16", ["--dtype", "bfloat16", "--param-dtype", "bfloat16"])]
+    return [{"name": name, "args": [*base, *args]} for name, args in switches]
+
+
+def _smoke_plan(nanogpt: str | None) -> list[dict[str, Any]]:
     """One tiny row that exercises the machinery on a CPU in seconds."""
     return [{"name": "nano, chunked cross-entropy", "env": _NO_FLAGS,
              "args": ["--preset", "nano", "--batch-size", "2", "--seq-len", "32", "--steps", "2", "--warmup", "1",
                       "--rounds", "1", "--loss-chunk", "8"]}]
 
 
-PLANS: dict[str, Callable[[str | None], list[dict[str, Any]]]] = {"gpu": _gpu_plan, "cpu": _cpu_plan}
+PLANS: dict[str, Callable[[str | None], list[dict[str, Any]]]] = {
+    "gpu": _gpu_plan, "cpu-switches": _cpu_switches_plan, "smoke": _smoke_plan}
 
 
 def _run_row(row: dict[str, Any], out: pathlib.Path, base_env: dict[str, str], index: int) -> dict[str, Any]:
@@ -127,7 +139,7 @@ def _cells(row: dict[str, Any], impl: str) -> list[str]:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Rows as one markdown table (peers of a row get their own lines, with the ratio)."""
     head = ("| row | impl | preset | batch x T | compute / params | attention | vocab | loss chunk | remat | "
-            "tokens/s | step ms (median) | MFU | peak GiB | compile s |")
+            "tokens/s | step ms (median) | MFU | peak GiB per device | compile s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         if row["status"] != "ok":

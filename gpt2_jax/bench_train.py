@@ -225,7 +225,7 @@ def format_train_report(r: dict[str, Any]) -> str:
         f"device {r['device']}, mesh {r['mesh_described']}, {r['timed_steps']} timed steps after {r['warmup']} warm-up",
         f"FLOPs/token {r['flops_per_token']:,} = {r['flops_formula']}; peak {peak}",
         f"{'impl':<10} {'tokens/s':>10} {'step ms min':>12} {'median':>9} {'TFLOP/s':>8} {'MFU':>6} "
-        f"{'peak GiB':>9} {'compile s':>10}"]
+        f"{'GiB/dev':>9} {'compile s':>10}"]
     for name, row in r["results"].items():
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] else "-"
         lines.append(f"{name:<10} {row['tokens_per_s']:>10.0f} {row['step_ms_min']:>12.1f} "

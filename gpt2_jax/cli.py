@@ -308,7 +308,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--peer-compile", default="auto", help="train: torch.compile the peers: auto | on | off")
     b.add_argument("--profile-steps", help="train: A:B traces extra steps A..B-1 with jax.profiler")
     b.add_argument("--profile-dir", default="bench_profile", help="train: where the trace goes")
-    b.add_argument("--plan", default="gpu", help="sweep: gpu (gpt2 T=1024 and larger) | cpu (a tiny check)")
+    b.add_argument("--plan", default="gpu", help="sweep: gpu (gpt2 T=1024 and larger) | cpu-switches | smoke")
     b.add_argument("--out", default="bench_sweep", help="sweep: folder for sweep.json and sweep.md (resumes)")
     b.add_argument("--nanogpt", help="sweep: a nanoGPT checkout for the side-by-side row")
     b.add_argument("--json", help="also write the report here")

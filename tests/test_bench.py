@@ -107,9 +107,21 @@ def test_profile_steps_parse():
 
 def test_sweep_writes_json_and_markdown_and_resumes(tmp_path):
     lines = []
-    rows = bench_sweep.run_sweep("cpu", str(tmp_path), echo=lines.append)
+    rows = bench_sweep.run_sweep("smoke", str(tmp_path), echo=lines.append)
     assert [r["status"] for r in rows] == ["ok"] and len(lines) == 2
     assert "| nano, chunked cross-entropy | gpt2_jax | nano | 2 x 32 |" in (tmp_path / "sweep.md").read_text()
     assert json.loads((tmp_path / "sweep.json").read_text())[0]["report"]["loss_chunk"] == 8
     lines.clear()
-    assert bench_sweep.run_sweep("cpu", str(tmp_path), echo=lines.append) == rows and lines == []
+    assert bench_sweep.run_sweep("smoke", str(tmp_path), echo=lines.append) == rows and lines == []
+
+
+def test_gpu_bench_script_is_one_command_that_refuses_a_cpu(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "launch", "gpu_bench.sh")
+    assert os.access(script, os.X_OK)
+    r = subprocess.run([script], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode != 0 and "no GPU: cpu" in r.stderr and not (tmp_path / "bench_gpu").exists()

@@ -118,3 +118,17 @@ def test_chunked_loss_never_holds_the_whole_batch_logits():
     logits_fp32 = 8 * 64 * 4096 * 4  # 8 MiB
     # measured: 47 MiB whole, 15 MiB in chunks of 16 (each chunk's logits, log-softmax and gradient)
     assert temp[0] - temp[16] > 3 * logits_fp32, temp
+
+
+def test_all_bf16_keeps_params_and_adam_moments_in_bf16_and_learns():
+    opt = optax.adamw(1e-2, b2=0.95, weight_decay=0.0)
+    _, _, _, state, step = _setup(opt=opt, dtype="bfloat16", param_dtype="bfloat16")
+    floats = [x for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.bfloat16 for x in floats)
+    pattern = np.tile(np.arange(8, dtype=np.int32), 4)[:17]
+    batch = np.stack([np.roll(pattern, i) for i in range(4)])[None]
+    for i in range(40):
+        state, m = step(state, batch)
+        first = float(m["loss"]) if i == 0 else first
+    assert jax.tree.leaves(state.params)[0].dtype == jnp.bfloat16
+    assert float(m["loss"]) < 0.5 * first
