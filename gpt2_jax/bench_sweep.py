@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import Any, Callable
 
+from gpt2_jax import bench_train
+
 _GPT2 = ["--preset", "gpt2", "--seq-len", "1024", "--vocab-size", "50257", "--steps", "20", "--warmup", "3",
          "--rounds", "1"]
 _FAST = ["--dtype", "bfloat16", "--attention", "cudnn", "--vocab-multiple", "128", "--loss-chunk", "128"]
@@ -147,7 +149,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             continue
         r = row["report"]
         for impl in r["results"]:
-            ratio = f" (ours {r[f'ratio_vs_{impl}']:.2f}x)" if impl != "gpt2_jax" else ""
+            ratio = f" (ours {r[bench_train.ratio_key(impl)]:.2f}x)" if impl != "gpt2_jax" else ""
             lines.append(f"| {row['name']} | {impl}{ratio} | {r['preset']} | {r['batch_size']} x {r['seq_len']} | "
                          f"{r['dtype']} / {r['param_dtype']} | {r['attention_resolved']} | {r['padded_vocab_size']} | "
                          f"{r['loss_chunk'] or '-'} | {r['remat']} | " + " | ".join(_cells(row, impl)) + " |")

@@ -204,8 +204,13 @@ def bench_train(spec: TrainBench) -> dict[str, Any]:
     }
     for name in rows:
         if name != "gpt2_jax":
-            report[f"ratio_vs_{name}"] = rows["gpt2_jax"]["tokens_per_s"] / rows[name]["tokens_per_s"]
+            report[ratio_key(name)] = rows["gpt2_jax"]["tokens_per_s"] / rows[name]["tokens_per_s"]
     return report
+
+
+def ratio_key(peer: str) -> str:
+    """The report key of our tokens/s over peer's: ratio_vs_hf_torch, ratio_vs_nanogpt."""
+    return "ratio_vs_" + peer.replace("-", "_")
 
 
 def _gib(n: int | None) -> str:
@@ -240,5 +245,5 @@ def format_train_report(r: dict[str, Any]) -> str:
                      + (f"; {info['note']}" if info.get("note") else ""))
     for name in r["results"]:
         if name != "gpt2_jax":
-            lines.append(f"ratio gpt2_jax / {name} tokens/s: {r[f'ratio_vs_{name}']:.2f}")
+            lines.append(f"ratio gpt2_jax / {name} tokens/s: {r[ratio_key(name)]:.2f}")
     return "\n".join(lines)

@@ -60,7 +60,10 @@ def chunked_cross_entropy(model: model_lib.GPT2, params, hidden: jax.Array, targ
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
         targets, weights = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets, weights))
     # (n, B, chunk, ...): the scan walks the sequence, the batch axis keeps its sharding.
-    split = lambda x: jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+    def split(x):
+        names = (None, "batch", "length", "embed")[: x.ndim + 1]
+        return nn.with_logical_constraint(jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0), names)
+
     vocab_size = model.cfg.vocab_size
 
     @jax.checkpoint

@@ -50,7 +50,7 @@ def test_bench_train_cli_reports_the_peer_ratio_memory_and_a_profile(tmp_path, c
         row = r["results"][impl]
         assert row["tokens_per_s"] > 0 and row["step_ms_min"] <= row["step_ms_median"] and row["mfu"] is None
     assert r["results"]["gpt2_jax"]["peak_memory_bytes"] > 0  # XLA's plan on the CPU
-    assert r["ratio_vs_hf-torch"] == pytest.approx(
+    assert r["ratio_vs_hf_torch"] == pytest.approx(
         r["results"]["gpt2_jax"]["tokens_per_s"] / r["results"]["hf-torch"]["tokens_per_s"])
     assert list(trace.rglob("*.xplane.pb")), "no jax.profiler trace written"
 
