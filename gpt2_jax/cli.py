@@ -131,10 +131,7 @@ def _cmd_sample(args, overrides: list[str]) -> int:
 def _cmd_bench(args, overrides: list[str]) -> int:
     if overrides:
         raise _UsageError("bench takes no --config overrides")
-    peers = [tuple(p) for p in args.peer or []]
-    for p in peers:
-        if len(p) > 2:
-            raise _UsageError(f"--peer {' '.join(p)}: one name and at most one path")
+    peers = args.peer or []
     if args.kind == "sweep":
         from gpt2_jax import bench_sweep
 
@@ -152,17 +149,9 @@ def _cmd_bench(args, overrides: list[str]) -> int:
                                     vocab_size=args.vocab_size or 50257)
         text = bench.format_decode_report(report)
     else:
-        from gpt2_jax import bench_train, profiling
+        from gpt2_jax import bench_train
 
-        spec = bench_train.TrainBench(
-            preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size or 257,
-            vocab_multiple=args.vocab_multiple, dtype=args.dtype, param_dtype=args.param_dtype,
-            attention=args.attention, remat=args.remat, loss_chunk=args.loss_chunk, mesh=_mesh_sizes(args.mesh),
-            rules=args.rules, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-            peers=tuple((p[0], p[1] if len(p) > 1 else None) for p in peers if p[0] != "none"),
-            peer_compile=args.peer_compile, profile_steps=profiling.parse_steps(args.profile_steps or ""),
-            profile_dir=args.profile_dir)
-        report = bench_train.bench_train(spec)
+        report = bench_train.bench_train(train_bench_spec(args))
         report["xla_flags"] = os.environ.get("XLA_FLAGS", "")
         report["argv"] = sys.argv[1:]
         text = bench_train.format_train_report(report)
@@ -171,6 +160,24 @@ def _cmd_bench(args, overrides: list[str]) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return 0
+
+
+def train_bench_spec(args):
+    """The bench_train.TrainBench that parsed `gpt2-jax bench train` arguments ask for."""
+    from gpt2_jax import bench_train, profiling
+
+    peers = [tuple(p) for p in args.peer or []]
+    for p in peers:
+        if len(p) > 2:
+            raise _UsageError(f"--peer {' '.join(p)}: one name and at most one path")
+    return bench_train.TrainBench(
+        preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size or 257,
+        vocab_multiple=args.vocab_multiple, dtype=args.dtype, param_dtype=args.param_dtype,
+        attention=args.attention, remat=args.remat, loss_chunk=args.loss_chunk, mesh=_mesh_sizes(args.mesh),
+        rules=args.rules, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+        peers=tuple((p[0], p[1] if len(p) > 1 else None) for p in peers if p[0] != "none"),
+        peer_compile=args.peer_compile, profile_steps=profiling.parse_steps(args.profile_steps or ""),
+        profile_dir=args.profile_dir)
 
 
 def _mesh_sizes(text: str) -> tuple[int, int, int]:

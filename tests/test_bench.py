@@ -125,3 +125,40 @@ def test_gpu_bench_script_is_one_command_that_refuses_a_cpu(tmp_path):
     r = subprocess.run([script], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"})
     assert r.returncode != 0 and "no GPU: cpu" in r.stderr and not (tmp_path / "bench_gpu").exists()
+
+
+def test_train_profiles_steps_and_logs_throughput_with_a_chunked_loss(tmp_path):
+    import pathlib
+
+    corpus = tmp_path / "corpus"
+    for split in ("train", "validation", "test"):
+        (corpus / split).mkdir(parents=True)
+        (corpus / split / "a.txt").write_text("To be, or not to be, that is the question. " * 60)
+    run = tmp_path / "run"
+    default = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "default.py"
+    assert cli.main(["train", "--config", str(default), "--quiet", "--profile-steps", "1:3",
+                     f"--config.data.source=text:{corpus}/{{split}}/*.txt", f"--config.data.data_dir={tmp_path}/data",
+                     f"--config.train.run_dir={run}", "--config.train.steps=4", "--config.model.preset=nano",
+                     "--config.data.seq_len=32", "--config.data.batch_size=4", "--config.train.loss_chunk=8",
+                     "--config.optim.warmup_steps=1", "--config.train.log_every=1", "--config.train.eval_every=4",
+                     "--config.train.sample_tokens=0", "--config.train.tensorboard=false"]) == 0
+    assert list((run / "profile").rglob("*.xplane.pb")), "no trace of steps 1..2"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if "tokens_per_s" in r]
+    assert timed and all(r["tflops"] > 0 and "mfu" not in r for r in timed)  # a CPU has no peak: no MFU
+
+
+def test_every_row_of_the_gpu_plan_is_a_valid_bench_command(tmp_path):
+    (tmp_path / "model.py").write_text("")  # stands in for a nanoGPT checkout; only its presence is checked
+    rows = bench_sweep.PLANS["gpu"](str(tmp_path))
+    names = [r["name"] for r in rows]
+    assert len(set(names)) == len(names)  # names are the resume keys
+    for row in rows:
+        spec = cli.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *row["args"]]))
+        bench_train.check(spec)
+        if row["name"].startswith("+ chunked"):
+            assert (spec.dtype, spec.attention, spec.vocab_multiple, spec.loss_chunk) == ("bfloat16", "cudnn", 128, 128)
+    peers = cli.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *rows[-6]["args"]])).peers
+    assert peers == (("hf-torch", None), ("nanogpt", str(tmp_path)))
+    gpt2 = [cli.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *r["args"]])) for r in rows[:6]]
+    assert all((s.preset, s.seq_len, s.vocab_size) == ("gpt2", 1024, 50257) for s in gpt2)
