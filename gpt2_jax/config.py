@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from ml_collections import config_dict
 
 from gpt2_jax import model as model_lib
-from gpt2_jax import optim, sharding
+from gpt2_jax import optim, profiling, sharding
 from gpt2_jax.data import sources, tokenizers
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
@@ -62,6 +62,8 @@ def base_config() -> config_dict.ConfigDict:
         steps=1000, seed=0, run_dir="runs/default",
         log_every=50, eval_every=250, progress=True, tensorboard=True,
         sample_prompt="ROMEO:", sample_tokens=200, sample_temperature=0.8, sample_top_k=40,
+        loss_chunk=0,  # > 0: cross-entropy this many positions at a time (no whole-batch fp32 logits)
+        profile_steps="",  # "A:B": jax.profiler trace of steps A..B-1 into <run_dir>/profile
     )
     # Devices per slice/node on each axis (-1: all remaining); dcn_*: slices/nodes on each axis.
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
@@ -254,6 +256,11 @@ def validate(cfg: config_dict.ConfigDict) -> None:
            f"{o.warmup_steps} exceeds train.steps={t.steps}")
     for name in ("log_every", "eval_every"):
         _check(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
+    _check(t.loss_chunk >= 0, "train.loss_chunk", f"must be >= 0 (0: whole-batch logits), got {t.loss_chunk}")
+    try:
+        profiling.parse_steps(t.profile_steps)
+    except ValueError as e:
+        raise ConfigError(f"config key train.profile_steps: {e}") from None
     _check(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive")
     _check(cfg.checkpoint.every > 0, "checkpoint.every", "must be positive")
     _check(cfg.checkpoint.max_to_keep >= 1, "checkpoint.max_to_keep", "must be >= 1")

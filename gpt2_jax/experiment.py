@@ -23,6 +23,7 @@ import gpt2_jax
 from gpt2_jax import checkpoint as ckpt
 from gpt2_jax import config as config_lib
 from gpt2_jax import distributed, evaluate, generate, metrics as metrics_lib, optim, plots, resume, sharding, train
+from gpt2_jax import flops, profiling
 from gpt2_jax import model as model_lib
 from gpt2_jax.data import loader, tokenizers, tokens as tokens_lib
 
@@ -101,7 +102,7 @@ def make_steps(c: Components, echo: Callable[[str], None] = print) -> train.Step
                           {"data.batch_size": cfg.data.batch_size, "eval.batch_size": cfg.eval.batch_size})
     echo(f"mesh: {sharding.describe(mesh)}, rules {cfg.mesh.rules}")
     return train.make_steps(c.model, c.optimizer, c.schedule, mesh, rules, cfg.train.seed, cfg.data.seq_len,
-                            cfg.optim.label_smoothing)
+                            cfg.optim.label_smoothing, cfg.train.loss_chunk)
 
 
 def _meta(c: Components, step: int, metrics: dict) -> dict:
@@ -162,7 +163,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     # Across processes the stop decision is collective (all save together), checked every log_every steps.
     stop_every = 1 if jax.process_count() == 1 else t.log_every
     last_val: dict[str, float] = {}
-    log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager)
+    log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager, flops.total_peak_flops())
+    profiler = profiling.ProfileWindow(profiling.parse_steps(t.profile_steps), run_dir / "profile")
     saved = {start} if manager.latest_step() == start else set()
     bar = tqdm(total=t.steps, initial=start, desc="train", disable=not (t.progress and primary), dynamic_ncols=True)
     log.bar = bar
@@ -177,7 +179,9 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, t.steps, cfg.data.prefetch)
     try:
         for step in range(start, t.steps):
+            profiler.before(step)
             state, step_metrics = steps.train(state, batches.get(step))
+            profiler.after(step, step_metrics)
             log.push(step + 1, step_metrics)  # logs the previous step's metrics, one step late
             bar.update(1)
             done = step + 1
@@ -200,6 +204,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
         log.flush()
     finally:
         batches.close()
+        profiler.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         bar.close()
@@ -221,11 +226,12 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
 
 
 class _TrainLog:
-    """Fetches each step's metrics one step late, checks them for NaN/inf, and logs them."""
+    """Fetches each step's metrics one step late, checks them for NaN/inf, and logs them with
+    tokens/s, TFLOP/s and MFU (flops.py's accounting, as `gpt2-jax bench train`; no MFU without a peak)."""
 
-    def __init__(self, writer, tokens_per_step, flops_per_step, log_every, manager):
+    def __init__(self, writer, tokens_per_step, flops_per_step, log_every, manager, peak_flops=None):
         self.writer, self.manager, self.log_every = writer, manager, log_every
-        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
         self.pending: list[tuple[int, Any]] = []
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.bar = None
@@ -264,10 +270,13 @@ class _TrainLog:
             if self.window_steps:  # 0 when two queued steps are logged back to back
                 m["tokens_per_s"] = self.tokens_per_step * self.window_steps / elapsed
                 m["tflops"] = self.flops_per_step * self.window_steps / elapsed / 1e12
+                if self.peak_flops:
+                    m["mfu"] = flops.mfu(m["tflops"] * 1e12, self.peak_flops)
             m["ppl"] = math.exp(min(m["loss"], 700.0))
             self.write(step, m)
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}")
+                mfu = {"mfu": f"{100 * m['mfu']:.1f}%"} if "mfu" in m else {}
+                self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}", **mfu)
             self.window_start, self.window_steps = now, 0
 
 

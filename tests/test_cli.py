@@ -122,7 +122,7 @@ def test_divergence_stops_with_a_clear_message(tmp_path, capsys):
 def test_bench_prints_both_implementations_and_their_ratio(tmp_path, capsys):
     report_path = tmp_path / "bench.json"
     assert cli.main(["bench", "--preset", "nano", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
-                     "--warmup", "1", "--peer", "hf-torch", "--json", str(report_path)]) == 0
+                     "--warmup", "1", "--peer", "hf-torch", "--peer-compile", "off", "--json", str(report_path)]) == 0
     out = capsys.readouterr().out
     assert "gpt2_jax" in out and "hf-torch" in out and "ratio gpt2_jax / hf-torch" in out
     report = json.loads(report_path.read_text())
