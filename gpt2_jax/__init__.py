@@ -3,8 +3,8 @@
 __version__ = "0.1.0"
 
 
-def load(path, step="latest"):
-    """Load a trained run for sampling and scoring; see `gpt2_jax.api.load`."""
+def load(path, step="latest", devices=None, dtype=None):
+    """Load a trained run or an export for sampling and scoring; see `gpt2_jax.api.load`."""
     from gpt2_jax import api  # imported on use so `import gpt2_jax` stays light
 
-    return api.load(path, step)
+    return api.load(path, step, devices=devices, dtype=dtype)

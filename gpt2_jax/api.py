@@ -1,9 +1,11 @@
-"""`load()` a trained run for notebooks and scripts: params, config, tokenizer, generate, perplexity."""
+"""`load()` a trained run or an export for notebooks and scripts, onto whatever devices exist:
+params, config, tokenizer, generate, logits, perplexity, summary."""
 
 from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import pathlib
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -12,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
-from gpt2_jax import checkpoint as ckpt
 from gpt2_jax import config as config_lib
-from gpt2_jax import experiment, generate, train
+from gpt2_jax import evaluate, generate, sharding, train
+from gpt2_jax import export as export_lib
 from gpt2_jax import model as model_lib
 from gpt2_jax.data import tokenizers
 
@@ -75,6 +77,8 @@ class LoadedModel:
     tokenizer: Any
     step: int
     meta: dict
+    mesh: jax.sharding.Mesh | None = None  # where params live (None: one device)
+    source: str = ""  # the run directory or export it came from
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 100, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
@@ -115,43 +119,93 @@ class LoadedModel:
                               truncate=truncate)
         yield from stream_text(self.tokenizer, ids, stop)
 
+    @functools.cached_property
+    def _forward(self):
+        return jax.jit(lambda params, ids: self.model.apply({"params": params}, ids))
+
+    @functools.cached_property
+    def _score(self):
+        return jax.jit(train.make_eval_step(self.model))
+
     def logits(self, ids) -> jax.Array:
         """Logits (B, T, vocab) for token ids (B, T) or (T,)."""
         ids = jnp.atleast_2d(jnp.asarray(ids, jnp.int32))
-        return self.model.apply({"params": self.params}, ids)[..., : self.model.cfg.vocab_size]
+        return self._forward(self.params, ids)[..., : self.model.cfg.vocab_size]
 
-    def perplexity(self, text: str) -> float:
-        """Token perplexity of text (EOS prepended so the first token is scored too)."""
-        ids = [self.tokenizer.eos_id] + self.tokenizer.encode(text)
-        ctx = self.model.cfg.n_positions
-        if len(ids) > ctx + 1:
-            raise ValueError(f"text is {len(ids) - 1} tokens, longer than the {ctx}-token context; "
-                             "use gpt2-jax eval for long texts")
-        batch = jnp.asarray([ids], jnp.int32)
-        nll, count = train.make_eval_step(self.model)(self.params, batch, jnp.ones((1, len(ids) - 1)))
-        return float(np.exp(nll / count))
+    def perplexity(self, texts: str | Iterable[str], batch_size: int = 8) -> dict[str, float]:
+        """Score every token of texts once: {'loss' (nats/token), 'ppl', 'bpb' (bits per UTF-8 byte), 'tokens'}.
+
+        Each text starts after an EOS (so its first token is scored too) and is cut into
+        non-overlapping windows of the model's context; every window predicts only its own tokens.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows = _windows([[self.tokenizer.eos_id] + self.tokenizer.encode(t) for t in texts],
+                        self.model.cfg.n_positions)
+        if not rows:
+            raise ValueError("perplexity needs at least one non-empty text")
+        width = min(self.model.cfg.n_positions, generate.bucket(max(len(r) for r in rows) - 1)) + 1
+        nll = count = 0.0
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i:i + batch_size]
+            ids = np.zeros((batch_size, width), np.int32)
+            weights = np.zeros((batch_size, width - 1), np.float32)
+            for j, r in enumerate(chunk):
+                ids[j, :len(r)] = r
+                weights[j, :len(r) - 1] = 1
+            n, c = self._score(self.params, ids, weights)
+            nll, count = nll + float(n), count + float(c)
+        return evaluate.metrics_from_nll(nll, count, sum(len(t.encode("utf-8")) for t in texts))
 
     def summary(self) -> str:
-        """One paragraph: parameter count, dtype, step and the run's final metrics."""
+        """One paragraph: parameter count, dtype, devices, step and the run's metrics at that step."""
         n = model_lib.count_params(self.params)
         metrics = self.meta.get("metrics", {})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         c = self.model.cfg
+        mesh = sharding.describe(self.mesh) if self.mesh is not None else "1 device"
         return (f"GPT-2 {c.n_layer}L x {c.n_embd}d x {c.n_head}h, {n:,} params ({c.param_dtype}), "
-                f"vocab {c.vocab_size}, context {c.n_positions}; step {self.step}; {shown}")
+                f"vocab {c.vocab_size}, context {c.n_positions}; step {self.step} of {self.source}; "
+                f"mesh {mesh}; {shown or 'no metrics'}")
 
 
-def load(path: str | pathlib.Path, step: str | int = "latest") -> LoadedModel:
-    """Load the checkpoint at `step` ('latest' | 'best' | int) of a run directory onto this host's devices."""
-    manager = ckpt.make_manager(path, read_only=True)
-    step = ckpt.resolve_step(manager, step)
-    saved_cfg, meta = ckpt.restore_json(manager, step)
-    cfg = config_lib.from_dict(saved_cfg)
-    tokenizer = tokenizers.from_spec(meta["tokenizer"])
-    mcfg = model_lib.GPT2Config(**meta["model"]) if "model" in meta else config_lib.model_config(cfg, tokenizer.vocab_size)
+def _windows(docs: Sequence[Sequence[int]], context: int) -> list[list[int]]:
+    """Rows of at most context + 1 tokens whose targets (all but the first token) tile each doc once."""
+    return [list(d[s:s + context + 1]) for d in docs for s in range(0, len(d) - 1, context)]
+
+
+def _mesh(devices) -> jax.sharding.Mesh:
+    if devices is None:
+        devices = jax.local_devices()
+    elif isinstance(devices, int):
+        if not 1 <= devices <= jax.local_device_count():
+            raise ValueError(f"devices={devices}, but this process has {jax.local_device_count()}")
+        devices = jax.local_devices()[:devices]
+    return sharding.make_mesh(sharding.MeshSpec(ici=(1, len(devices), 1)), list(devices))
+
+
+def load(path: str | pathlib.Path, step: str | int = "latest", devices=None, dtype: str | None = None) -> LoadedModel:
+    """Load params, config and tokenizer from a run directory (`step`: 'latest' | 'best' | int) or an
+    export, without any optimizer state.
+
+    devices: None (every local device), a count, or a list of devices; the params are laid out
+    over them FSDP-style (one device: whole). dtype: None keeps the saved dtype, else 'float32' |
+    'bfloat16' | 'float16' for both params and compute. Works whatever mesh wrote the checkpoint.
+    """
+    src = export_lib.open_source(path, step)
+    mcfg = src.model_config
+    cfg = config_lib.from_dict(src.config)
+    if dtype is not None:
+        if dtype not in config_lib.DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(config_lib.DTYPES)}")
+        mcfg = dataclasses.replace(mcfg, dtype=dtype, param_dtype=dtype)
+        cfg.model.dtype = cfg.model.param_dtype = dtype
     model = model_lib.GPT2(mcfg)
-    _, optimizer = experiment.optimizer_from_config(cfg)
-    abstract = jax.eval_shape(lambda: train.init_state(model, optimizer, jax.random.key(0), 1))
-    state = ckpt.restore_state(manager, step, ckpt.abstract_like(abstract))
-    manager.close()
-    return LoadedModel(cfg, model, state.params, tokenizer, step, meta)
+    mesh = _mesh(devices)
+    boxed = jax.eval_shape(functools.partial(model_lib.init_params, mcfg, seq_len=1), jax.random.key(0))
+    shardings = sharding.param_shardings(boxed, sharding.logical_rules("fsdp+tp"), mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            model_lib.param_shapes(mcfg), shardings)
+    params = src.read_params(abstract)
+    tokenizer = tokenizers.from_spec(src.meta["tokenizer"])
+    return LoadedModel(cfg, model, params, tokenizer, src.step, src.meta, mesh=mesh if mesh.size > 1 else None,
+                       source=str(src.path))

@@ -94,7 +94,7 @@ def bench_eval(preset: str = "gpt2", seq_len: int = 1024, stride: int = 512, num
     report = {"kind": "eval", "preset": preset, "params": model_lib.count_params(model_lib.param_shapes(cfg)),
               "seq_len": seq_len, "stride": stride, "num_tokens": num_tokens, "batch_size": batch_size,
               "rounds": rounds, "dtype": dtype, "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
-              "cpu_threads": bench._cpu_threads(), "versions": bench._versions(), "results": rows}
+              "cpu_threads": bench.cpu_threads(), "versions": bench.versions(), "results": rows}
     if peer == "hf-torch":
         report["ratio_vs_hf_torch"] = rows["gpt2_jax"]["tokens_per_s"] / rows["hf-torch"]["tokens_per_s"]
         # fastest pass over fastest pass: less sensitive to a load spike in one round than the medians

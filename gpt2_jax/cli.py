@@ -51,6 +51,9 @@ def _join_cluster(args) -> None:
 def _cmd_train(args, overrides: list[str]) -> int:
     from gpt2_jax import config as config_lib
 
+    overrides = [*overrides, *_start_overrides(args)]
+    if args.profile_steps:
+        overrides = [*overrides, f"train.profile_steps={args.profile_steps}"]
     cfg = config_lib.load_config(args.config, overrides)
     _join_cluster(args)
     from gpt2_jax import distributed, experiment  # after validation, so a config typo fails before JAX loads
@@ -86,6 +89,26 @@ def _cmd_train(args, overrides: list[str]) -> int:
                                           cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)
             say(f"sample:\n{cfg.train.sample_prompt}{text}", flush=True)
     say(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+def _start_overrides(args) -> list[str]:
+    """--resume-from / --init-from as the config keys they set."""
+    out = []
+    if args.resume_from is not None:
+        out.append(f"checkpoint.resume_from={args.resume_from!r}")
+    if args.init_from is not None:
+        out.append(f"checkpoint.init_from={os.path.abspath(args.init_from)!r}")
+    return out
+
+
+def _cmd_export(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("export takes no --config overrides")
+    from gpt2_jax import export
+
+    out = export.export(args.run, args.out, step=args.step, dtype=args.dtype)
+    print(f"exported step {export.open_source(out).step} of {args.run} ({args.dtype}) to {out}", flush=True)
     return 0
 
 
@@ -126,26 +149,86 @@ def _cmd_sample(args, overrides: list[str]) -> int:
     return 0
 
 
-def _cmd_bench(args, overrides: list[str]) -> int:
-    from gpt2_jax import bench
+def _cmd_prepare(args, overrides: list[str]) -> int:
+    from gpt2_jax.data import sources, tokenizers, tokens
 
-    if args.kind == "eval":
+    if args.config:
+        from gpt2_jax import config as config_lib
+
+        d = config_lib.load_config(args.config, overrides).data
+        source, splits = d.source, [s for s in (d.train_split, d.eval_split, d.test_split) if s]
+        tokenizer, data_dir, text_field = d.tokenizer, d.data_dir, d.text_field
+    elif overrides:
+        raise _UsageError("--config.* overrides need --config")
+    elif not args.source:
+        raise _UsageError("give --config EXPERIMENT.py, or --source SOURCE[@SPLIT]")
+    else:
+        source, pinned = sources.split_source(args.source)
+        splits = [pinned] if pinned else args.splits.split(",")
+        tokenizer, data_dir, text_field = args.tokenizer, args.data_dir, args.text_field
+    tok = tokenizers.make_tokenizer(tokenizer)
+    workers = args.workers or tokens.cpu_count()
+    for split in splits:
+        path = tokens.prepare_split(source, split, tok, os.path.expanduser(data_dir), show_progress=not args.quiet,
+                                    text_field=text_field, workers=workers)
+        h = tokens.load_split(path, tok).header
+        print(f"{source}:{split}: {h['num_tokens']:,} tokens ({h['dtype']}, {len(h['shards'])} shards), "
+              f"{h['num_documents']:,} documents, {h['num_bytes']:,} bytes -> {path}", flush=True)
+    return 0
+
+
+def _cmd_bench(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("bench takes no --config overrides")
+    peers = args.peer or []
+    if args.kind == "sweep":
+        from gpt2_jax import bench_sweep
+
+        rows = bench_sweep.run_sweep(args.plan, args.out, nanogpt=args.nanogpt, base_env=dict(os.environ),
+                                     echo=lambda line: print(line, flush=True))
+        print(bench_sweep.markdown_table(rows), flush=True)
+        return 0
+    if peers and jax_backend_is_gpu(os.environ):  # the peers share the GPU: no preallocated JAX pool
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if args.kind == "data":
+        from gpt2_jax import bench_data
+        from gpt2_jax.data import tokens
+
+        data_dir = os.path.expanduser(args.data_dir)
+        rows = []
+        for workers in sorted({1, args.workers or tokens.cpu_count()}):
+            rows += bench_data.bench_prepare(args.source, args.split, args.tokenizers.split(","), data_dir, workers)
+        split = bench_data.load_for_bench(args.source, args.split, "gpt2", data_dir)
+        report = {"prepare": rows, "loader": bench_data.bench_loader(split, args.loader_batch, args.loader_seq_len)}
+        text = bench_data.format_data_report(report["prepare"], report["loader"])
+    elif args.kind == "ckpt":
+        from gpt2_jax import bench_ckpt
+
+        report = bench_ckpt.bench_ckpt(args.preset, args.batch_size, args.seq_len, args.steps,
+                                       every=args.save_every, vocab_size=args.vocab_size or 257,
+                                       rounds=args.rounds, save_preset=args.save_preset)
+        text = bench_ckpt.format_report(report)
+    elif args.kind == "eval":
         from gpt2_jax import bench_eval
 
         report = bench_eval.bench_eval(args.preset, args.seq_len, args.stride, args.eval_tokens, args.eval_batch,
-                                       rounds=args.rounds, dtype=args.dtype, peer=args.peer,
+                                       rounds=args.rounds, dtype=args.dtype, peer=peers[0][0] if peers else "none",
                                        vocab_size=args.vocab_size or 50257)
         text = bench_eval.format_eval_report(report)
     elif args.kind == "decode":
+        from gpt2_jax import bench
+
         report = bench.bench_decode(args.preset, args.batch_size, args.prompt_len, args.new_tokens,
-                                    rounds=args.rounds, dtype=args.dtype, peer=args.peer,
+                                    rounds=args.rounds, dtype=args.dtype, peer=peers[0][0] if peers else "none",
                                     vocab_size=args.vocab_size or 50257)
         text = bench.format_decode_report(report)
     else:
-        report = bench.bench_train(args.preset, args.batch_size, args.seq_len, args.steps,
-                                   vocab_size=args.vocab_size or 257, peer=args.peer, dtype=args.dtype,
-                                   warmup=args.warmup, rounds=args.rounds, attention=args.attention)
-        text = bench.format_report(report)
+        from gpt2_jax import bench_train
+
+        report = bench_train.bench_train(train_bench_spec(args))
+        report["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+        report["argv"] = sys.argv[1:]
+        text = bench_train.format_train_report(report)
     print(text, flush=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -224,6 +307,62 @@ def _cmd_convert(args, overrides: list[str]) -> int:
         print(f"note: the {w.tokenizer.name} tokenizer has no Hugging Face vocab.json/merges.txt; "
               "no tokenizer files were written", file=sys.stderr, flush=True)
     return 0
+def train_bench_spec(args):
+    """The bench_train.TrainBench that parsed `gpt2-jax bench train` arguments ask for."""
+    from gpt2_jax import bench_train, profiling
+
+    peers = [tuple(p) for p in args.peer or []]
+    for p in peers:
+        if len(p) > 2:
+            raise _UsageError(f"--peer {' '.join(p)}: one name and at most one path")
+    return bench_train.TrainBench(
+        preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size or 257,
+        vocab_multiple=args.vocab_multiple, dtype=args.dtype, param_dtype=args.param_dtype,
+        attention=args.attention, remat=args.remat, loss_chunk=args.loss_chunk, mesh=_mesh_sizes(args.mesh),
+        rules=args.rules, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+        peers=tuple((p[0], p[1] if len(p) > 1 else None) for p in peers if p[0] != "none"),
+        peer_compile=args.peer_compile, profile_steps=profiling.parse_steps(args.profile_steps or ""),
+        profile_dir=args.profile_dir)
+
+
+def _mesh_sizes(text: str) -> tuple[int, int, int]:
+    sizes = text.split(",")
+    if len(sizes) != 3 or not all(s.strip().lstrip("-").isdigit() for s in sizes):
+        raise _UsageError(f"--mesh {text!r} needs three sizes DATA,FSDP,TENSOR, e.g. 1,8,1 (-1: the rest)")
+    return tuple(int(s) for s in sizes)
+
+
+# XLA flags set for GPU runs (a flag already in XLA_FLAGS wins; GPT2_JAX_GPU_FLAGS=0 sets none).
+# The latency-hiding scheduler overlaps fsdp/data-parallel collectives with compute (NVIDIA's JAX
+# containers set it too); `gpt2-jax bench sweep --plan gpu` measures the step with and without.
+GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
+_CUDA_PLUGINS = ("jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12", "jax_cuda13_plugin", "jax_cuda12_plugin")
+
+
+def jax_backend_is_gpu(env) -> bool:
+    """Whether JAX will start on a GPU: JAX_PLATFORMS names one first, or unset with a CUDA plugin installed."""
+    platforms = [p.strip() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return platforms[0] in ("cuda", "gpu", "rocm")
+    import importlib.util
+
+    for name in _CUDA_PLUGINS:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except ModuleNotFoundError:
+            continue
+    return False
+
+
+def add_gpu_xla_flags(env) -> list[str]:
+    """Append GPU_XLA_FLAGS to env['XLA_FLAGS'] when JAX will run on a GPU (before JAX starts); the added ones."""
+    if env.get("GPT2_JAX_GPU_FLAGS", "1") == "0" or not jax_backend_is_gpu(env):
+        return []
+    present = {flag.split("=")[0] for flag in env.get("XLA_FLAGS", "").split()}
+    added = [flag for flag in GPU_XLA_FLAGS if flag.split("=")[0] not in present]
+    env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *added]).strip()
+    return added
 
 
 def _cmd_plan(args, overrides: list[str]) -> int:
@@ -254,6 +393,20 @@ def _cmd_plan(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_tokenizer(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("tokenizer train takes no --config overrides")
+    from gpt2_jax.data import spm
+
+    tok = spm.train_sentencepiece(args.source, args.out, args.vocab_size, args.model_type, split=args.split,
+                                  data_dir=args.data_dir, seed=args.seed, num_threads=args.threads,
+                                  character_coverage=args.character_coverage,
+                                  max_sentences=args.max_sentences, overwrite=args.force,
+                                  echo=lambda line: print(line, flush=True))
+    print(f"use it with --config.data.tokenizer=sentencepiece:{tok.path}", flush=True)
+    return 0
+
+
 def _mesh_overrides(mesh: str | None) -> list[str]:
     if mesh is None:
         return []
@@ -271,6 +424,9 @@ def make_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an experiment config (resumes if the run dir has checkpoints)")
     t.add_argument("--config", required=True, help="experiments/<name>.py; then --config.section.key=value")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--resume-from", help="latest (default: the newest good step) | best | a step number")
+    t.add_argument("--init-from", help="an export or run dir whose params start this run (fine-tuning)")
+    t.add_argument("--profile-steps", help="A:B: jax.profiler trace of steps A..B-1 into <run_dir>/profile")
     g = t.add_argument_group("multi-process (default: GPT2_JAX_* env, else SLURM / TPU-pod auto-detection)")
     g.add_argument("--coordinator", help="HOST:PORT of process 0, reachable from every process")
     g.add_argument("--num-processes", type=int, help="processes in the run")
@@ -295,24 +451,62 @@ def make_parser() -> argparse.ArgumentParser:
                    help="a prompt too long for the context: error (default) or keep its end")
     s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     s.add_argument("--seed", type=int, default=0)
-    b = sub.add_parser("bench", help="train-step or decode throughput, optionally beside a peer implementation")
-    b.add_argument("kind", nargs="?", choices=["train", "decode", "eval"], default="train")
+    b = sub.add_parser("bench", help="throughput of train steps, decoding, eval, data, checkpoint saves; peers beside")
+    b.add_argument("kind", nargs="?", choices=["train", "decode", "eval", "data", "ckpt", "sweep"], default="train",
+                   help="sweep: every GPU figure of BENCHMARKS.md, one subprocess per row (see --plan)")
     b.add_argument("--preset", default="tiny")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
     b.add_argument("--prompt-len", type=int, default=128, help="decode: prompt tokens per row")
     b.add_argument("--new-tokens", type=int, default=256, help="decode: tokens generated per row")
     b.add_argument("--vocab-size", type=int, help="default: 257 (train), 50257 (decode)")
+    b.add_argument("--vocab-multiple", type=int, default=1, help="train: pad the vocab up to a multiple (128: 50304)")
     b.add_argument("--steps", type=int, default=10, help="train: timed steps")
     b.add_argument("--warmup", type=int, default=2, help="train: untimed steps")
-    b.add_argument("--dtype", default="float32")
+    b.add_argument("--dtype", default="float32", help="compute dtype: float32 | bfloat16")
+    b.add_argument("--param-dtype", default="float32", help="train: params and AdamW moments (bfloat16: all-bf16)")
     b.add_argument("--attention", default="auto", help="train: auto | xla | cudnn | blocked")
+    b.add_argument("--remat", default="none", help="train: none | dots (dots saveable) | full, per block")
+    b.add_argument("--loss-chunk", type=int, default=0, help="train: cross-entropy this many positions at a time")
+    b.add_argument("--mesh", default="-1,1,1", help="train: DATA,FSDP,TENSOR devices (-1: the rest)")
+    b.add_argument("--rules", default="fsdp+tp", help="train: sharding rules (dp | fsdp | tp | fsdp+tp)")
     b.add_argument("--rounds", type=int, default=2, help="interleaved rounds with the peer")
-    b.add_argument("--peer", choices=["none", "hf-torch"], default="none")
+    b.add_argument("--peer", nargs="+", action="append", metavar="NAME [PATH]",
+                   help="repeatable: hf-torch (transformers GPT-2) | nanogpt PATH (a nanoGPT checkout) | none")
+    b.add_argument("--peer-compile", default="auto", help="train: torch.compile the peers: auto | on | off")
+    b.add_argument("--profile-steps", help="train: A:B traces extra steps A..B-1 with jax.profiler")
+    b.add_argument("--profile-dir", default="bench_profile", help="train: where the trace goes")
+    b.add_argument("--plan", default="gpu", help="sweep: gpu (gpt2 T=1024 and larger) | cpu-switches | smoke")
+    b.add_argument("--out", default="bench_sweep", help="sweep: folder for sweep.json and sweep.md (resumes)")
+    b.add_argument("--nanogpt", help="sweep: a nanoGPT checkout for the side-by-side row")
+    b.add_argument("--json", help="also write the report here")
     b.add_argument("--stride", type=int, default=512, help="eval: window advance (--seq-len is the window)")
     b.add_argument("--eval-tokens", type=int, default=4096, help="eval: length of the scored token sequence")
     b.add_argument("--eval-batch", type=int, default=1, help="eval: windows per forward pass (ours)")
-    b.add_argument("--json", help="also write the report here")
+    bd = b.add_argument_group("data: prepare MB/s per core and loader batches/s")
+    bd.add_argument("--source", default="shakespeare/plays", help="data: the source to tokenize")
+    bd.add_argument("--split", default="train", help="data: its split")
+    bd.add_argument("--tokenizers", default="byte,gpt2,sentencepiece", help="data: comma-separated tokenizer names (sentencepiece: train 8000 BPE pieces first)")
+    bd.add_argument("--data-dir", default="~/tensorflow_datasets", help="data: the TFDS data_dir")
+    bd.add_argument("--workers", type=int, default=0, help="data: prepare workers besides 1 (0: all cores)")
+    bd.add_argument("--loader-batch", type=int, default=8, help="data: loader batch rows")
+    bd.add_argument("--loader-seq-len", type=int, default=1024, help="data: loader tokens per row")
+    b.add_argument("--save-every", type=int, default=10, help="ckpt: steps between saves in the timed run")
+    b.add_argument("--save-preset", default="gpt2", help="ckpt: preset whose full state times one save")
+    pr = sub.add_parser("prepare", help="tokenize a source's splits once into token shards (reused by train)")
+    pr.add_argument("--config", help="prepare the train/eval/test splits this experiment names")
+    pr.add_argument("--source", help="SOURCE, SOURCE@SPLIT, or SOURCE:SPLIT for tfds:/shakespeare sources")
+    pr.add_argument("--splits", default="train,validation,test", help="comma-separated splits of --source")
+    pr.add_argument("--tokenizer", default="byte", help="byte | gpt2 | gpt2:/path | sentencepiece:/path.model")
+    pr.add_argument("--data-dir", default="~/tensorflow_datasets")
+    pr.add_argument("--text-field", default="text", help="the text feature of a tfds: source")
+    pr.add_argument("--workers", type=int, default=0, help="tokenizing processes (0: one per CPU core)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    e = sub.add_parser("export", help="weights only (no optimizer state) of a run's step, for load() and --init-from")
+    e.add_argument("--run", required=True, help="the run directory")
+    e.add_argument("--step", default="best", help="best (default) | latest | a step number")
+    e.add_argument("--out", required=True, help="a new directory")
+    e.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     for name, text in (("eval", "perplexity of one model (run, HF or OpenAI directory) on datasets"),
                        ("table", "models x datasets table (markdown, CSV, JSON, PNG) beside the GPT-2 paper's Table 3")):
         e = sub.add_parser(name, help=text)
@@ -347,6 +541,20 @@ def make_parser() -> argparse.ArgumentParser:
     pl.add_argument("--remat", help="comma-separated remat policies, e.g. none,full (default: the config's)")
     pl.add_argument("--device-gib", type=float, default=80.0, help="memory per device for the 'fits' column")
     pl.add_argument("--json", help="also write the rows here")
+    tk = sub.add_parser("tokenizer", help="train a lossless SentencePiece tokenizer on a data source")
+    tk.add_argument("action", choices=["train"])
+    tk.add_argument("--source", required=True, help="shakespeare[/plays|/first_folio|/milton] or text:GLOB")
+    tk.add_argument("--split", default="train")
+    tk.add_argument("--data-dir", default="~/tensorflow_datasets", help="where sources are prepared")
+    tk.add_argument("--vocab-size", type=int, required=True, help="pieces, incl. <unk>, </s> and 256 bytes")
+    tk.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    tk.add_argument("--out", required=True, help="the .model file to write")
+    tk.add_argument("--seed", type=int, default=0)
+    tk.add_argument("--threads", type=int, default=1, help="trainer threads (the unigram model depends on it)")
+    tk.add_argument("--character-coverage", type=float, default=0.9995,
+                    help="share of characters given their own piece; rarer ones use byte pieces")
+    tk.add_argument("--max-sentences", type=int, default=1_000_000, help="chunks sampled for training")
+    tk.add_argument("--force", action="store_true", help="replace a different model already at --out")
     return p
 
 
@@ -354,7 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gpt2-jax` console script."""
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
+    add_gpu_xla_flags(os.environ)  # before JAX starts a backend
     commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan,
+                "prepare": _cmd_prepare, "tokenizer": _cmd_tokenizer, "export": _cmd_export,
                 "eval": _cmd_eval, "table": _cmd_table, "convert": _cmd_convert}
     try:
         return commands[args.command](args, _split_overrides(extra))

@@ -18,11 +18,11 @@ from typing import Any, Iterable
 from ml_collections import config_dict
 
 from gpt2_jax import model as model_lib
-from gpt2_jax import optim, sharding
+from gpt2_jax import optim, profiling, sharding
+from gpt2_jax.data import sources, tokenizers
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
 DTYPES = ("float32", "bfloat16", "float16")
-TOKENIZERS = ("byte", "gpt2")
 
 
 class ConfigError(ValueError):
@@ -44,11 +44,14 @@ def base_config() -> config_dict.ConfigDict:
         remat="none",  # none | full | dots
     )
     c.data = dict(
-        source="shakespeare/plays",
-        tokenizer="byte",  # byte | gpt2
+        source="shakespeare/plays",  # shakespeare[/...] | tfds:NAME[/CONFIG] | text:GLOB | jsonl:GLOB:FIELD
+        text_field="text",  # the text feature of a tfds: source
+        tokenizer="byte",  # byte | gpt2 | gpt2:/dir_or_file | sentencepiece:/path/to/x.model
         data_dir="~/tensorflow_datasets",
         train_split="train", eval_split="validation", test_split="test",
         seq_len=256, batch_size=32, seed=0,
+        prepare_workers=0,  # processes that tokenize a split (0: one per CPU core)
+        prefetch=2,  # training batches built ahead of the device
     )
     c.optim = dict(
         name="adamw", lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
@@ -59,12 +62,16 @@ def base_config() -> config_dict.ConfigDict:
         steps=1000, seed=0, run_dir="runs/default",
         log_every=50, eval_every=250, progress=True, tensorboard=True,
         sample_prompt="ROMEO:", sample_tokens=200, sample_temperature=0.8, sample_top_k=40,
+        loss_chunk=0,  # > 0: cross-entropy this many positions at a time (no whole-batch fp32 logits)
+        profile_steps="",  # "A:B": jax.profiler trace of steps A..B-1 into <run_dir>/profile
     )
     # Devices per slice/node on each axis (-1: all remaining); dcn_*: slices/nodes on each axis.
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
                   rules="fsdp+tp")  # dp | fsdp | tp | fsdp+tp, or 'logical=axis,...' (sharding.py)
     c.eval = dict(batch_size=32, max_batches=ph(int))  # None: the whole split
-    c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True)
+    c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True,
+                        resume_from="latest",  # latest (the newest good step) | best | a step number
+                        init_from="")  # an export or run dir whose params start a new run (fine-tuning)
     return c
 
 
@@ -182,6 +189,17 @@ def _choice(cfg, key: str, choices: Iterable[str]) -> None:
         raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(choices)}{hint}")
 
 
+def _check_tokenizer(name: str) -> None:
+    try:
+        kind, path = tokenizers.split_name(name)
+    except ValueError as e:
+        raise ConfigError(f"config key data.tokenizer: {e}") from None
+    if path and not pathlib.Path(path).expanduser().exists():
+        fix = (f"train one with `gpt2-jax tokenizer train --source SOURCE --vocab-size N --out {path}`"
+               if kind == "sentencepiece" else "point it at a .tiktoken file or a folder of GPT-2 BPE files")
+        raise ConfigError(f"config key data.tokenizer: {path} not found; fix the path or {fix}")
+
+
 def model_config(cfg: config_dict.ConfigDict, vocab_size: int | None = None) -> model_lib.GPT2Config:
     """The GPT2Config for cfg.model: preset, then explicit fields, then the tokenizer's vocab."""
     m = cfg.model
@@ -213,12 +231,15 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _choice(cfg, "model.param_dtype", DTYPES)
     _choice(cfg, "model.attention", model_lib.ATTENTION_IMPLEMENTATIONS)
     _choice(cfg, "model.remat", model_lib.REMAT_POLICIES)
-    _choice(cfg, "data.tokenizer", TOKENIZERS)
+    _check_tokenizer(cfg.data.tokenizer)
     d = cfg.data
     _check(d.seq_len > 0, "data.seq_len", f"must be positive, got {d.seq_len}")
     _check(d.seq_len <= mc.n_positions, "data.seq_len",
            f"{d.seq_len} exceeds the model's context model.n_positions={mc.n_positions}")
     _check(d.batch_size > 0, "data.batch_size", f"must be positive, got {d.batch_size}")
+    _check(d.prepare_workers >= 0, "data.prepare_workers", f"must be >= 0, got {d.prepare_workers}")
+    _check(d.prefetch >= 1, "data.prefetch", f"must be >= 1, got {d.prefetch}")
+    _check_source(d.source)
     o = cfg.optim
     _choice(cfg, "optim.name", optim.OPTIMIZERS)
     _choice(cfg, "optim.schedule", optim.SCHEDULES)
@@ -235,9 +256,17 @@ def validate(cfg: config_dict.ConfigDict) -> None:
            f"{o.warmup_steps} exceeds train.steps={t.steps}")
     for name in ("log_every", "eval_every"):
         _check(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
+    _check(t.loss_chunk >= 0, "train.loss_chunk", f"must be >= 0 (0: whole-batch logits), got {t.loss_chunk}")
+    try:
+        profiling.parse_steps(t.profile_steps)
+    except ValueError as e:
+        raise ConfigError(f"config key train.profile_steps: {e}") from None
     _check(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive")
     _check(cfg.checkpoint.every > 0, "checkpoint.every", "must be positive")
     _check(cfg.checkpoint.max_to_keep >= 1, "checkpoint.max_to_keep", "must be >= 1")
+    r = cfg.checkpoint.resume_from
+    _check(r in ("latest", "best") or r.isdigit(), "checkpoint.resume_from",
+           f"must be latest, best or a step, got {r!r}")
     for name in ("data", "fsdp", "tensor"):
         v = cfg.mesh[name]
         _check(v == -1 or v >= 1, f"mesh.{name}", f"must be -1 (all remaining devices) or >= 1, got {v}")
@@ -248,6 +277,15 @@ def validate(cfg: config_dict.ConfigDict) -> None:
         sharding.logical_rules(cfg.mesh.rules)
     except sharding.ShardingError as e:
         raise ConfigError(f"config key {e}") from None
+
+
+def _check_source(source: str) -> None:
+    try:
+        canonical, split = sources.split_source(source)
+    except ValueError as e:
+        raise ConfigError(f"config key data.source: {e}") from None
+    _check(split is None, "data.source", f"{source!r} pins split {split!r}; name the corpus only "
+           f"({canonical!r}) and set data.train_split / eval_split / test_split")
 
 
 def load_config(path: str, overrides: Iterable[str] = ()) -> config_dict.ConfigDict:

@@ -43,10 +43,10 @@ def parse(spec: str) -> EvalSet:
     name, eq, rest = spec.partition("=")
     if not eq or ":" in name or "/" in name:  # no NAME: the '=' (if any) belongs to the source
         name, rest = "", spec
-    source, _, split = rest.rpartition("@") if "@" in rest else (rest, "", "test")
-    if not source or not split:
+    if not rest or rest.endswith("@"):
         raise ValueError(f"dataset {spec!r} is not [NAME=]SOURCE[@SPLIT], e.g. plays=shakespeare/plays@test")
-    source = sources.canonical_source(source)
+    source, split = sources.split_source(rest)
+    split = split or "test"
     name = name or _default_name(source)
     if name in UNSUPPORTED:
         raise ValueError(f"dataset {name}: {UNSUPPORTED[name]}; leave it out")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from gpt2_jax import detokenize, sharding
 from gpt2_jax import model as model_lib
-from gpt2_jax.data import tokens as tokens_lib
+from gpt2_jax.data import loader, tokens as tokens_lib
 
 
 def metrics_from_nll(total_nll: float, num_tokens: float, num_bytes: float) -> dict[str, float]:
@@ -56,13 +56,13 @@ def evaluate_split(eval_step: Callable, params, split: tokens_lib.TokenSplit, ba
     bytes-per-token ratio (from its header) times the number of scored tokens, which is exact
     when the whole split is scored.
     """
-    total = num_batches = tokens_lib.num_eval_batches(split.tokens, batch_size, seq_len)
+    total = num_batches = loader.num_eval_batches(split.tokens, batch_size, seq_len)
     if max_batches is not None:
         total = min(total, max_batches)
     nll_sum, count_sum = 0.0, 0.0
     pending = []
     rows = None if batch_sharding is None else sharding.local_rows(batch_sharding, (batch_size, seq_len + 1))
-    batches = tokens_lib.eval_batches(split.tokens, batch_size, seq_len, rows=rows)
+    batches = loader.eval_batches(split.tokens, batch_size, seq_len, rows=rows)
     for i, (batch, weights) in enumerate(tqdm(batches, total=total, desc=desc, disable=not progress, leave=False)):
         if i >= total:
             break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -15,13 +16,16 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from ml_collections import config_dict
+from orbax.checkpoint import __version__ as ocp_version
 from tqdm.auto import tqdm
 
+import gpt2_jax
 from gpt2_jax import checkpoint as ckpt
 from gpt2_jax import config as config_lib
-from gpt2_jax import distributed, evaluate, generate, metrics as metrics_lib, optim, plots, sharding, train
+from gpt2_jax import distributed, evaluate, generate, metrics as metrics_lib, optim, plots, resume, sharding, train
+from gpt2_jax import flops, profiling
 from gpt2_jax import model as model_lib
-from gpt2_jax.data import tokenizers, tokens as tokens_lib
+from gpt2_jax.data import loader, tokenizers, tokens as tokens_lib
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,18 +49,20 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> C
     d = cfg.data
     data_dir = str(pathlib.Path(d.data_dir).expanduser())
     tokenizer = tokenizers.make_tokenizer(d.tokenizer)
-    splits = {}
-    roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
-    if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
-        for _, name in roles:
-            tokens_lib.prepare_split(d.source, name, tokenizer, data_dir, show_progress=cfg.train.progress)
-    distributed.sync("data prepared")
-    for role, name in roles:
-        splits[role] = tokens_lib.load_split(tokens_lib.prepare_split(d.source, name, tokenizer, data_dir))
     mcfg = config_lib.model_config(cfg, tokenizer.vocab_size)
-    if mcfg.vocab_size < tokenizer.vocab_size:
+    if mcfg.vocab_size < tokenizer.vocab_size:  # checked before any tokenizing
         raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
                                      f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
+    splits = {}
+    roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
+    prepare = functools.partial(tokens_lib.prepare_split, d.source, tokenizer=tokenizer, data_dir=data_dir,
+                                text_field=d.text_field, workers=d.prepare_workers or tokens_lib.cpu_count())
+    if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
+        for _, name in roles:
+            prepare(split=name, show_progress=cfg.train.progress)
+    distributed.sync("data prepared")
+    for role, name in roles:
+        splits[role] = tokens_lib.load_split(prepare(split=name, show_progress=False), tokenizer)
     schedule, optimizer = optimizer_from_config(cfg)
     return Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits)
 
@@ -75,7 +81,7 @@ def train_batch(c: Components, step: int, rows: slice | None = None) -> np.ndarr
     """Rows `rows` (default all) of the (accum, B, T+1) batch of optimizer step `step`: a pure
     function of (seed, step), whichever process reads which rows."""
     d, accum = c.cfg.data, c.cfg.optim.accum_steps
-    return np.stack([tokens_lib.train_batch(c.splits["train"].tokens, d.seed, step * accum + a, d.batch_size,
+    return np.stack([loader.train_batch(c.splits["train"].tokens, d.seed, step * accum + a, d.batch_size,
                                             d.seq_len, rows) for a in range(accum)])
 
 
@@ -96,37 +102,19 @@ def make_steps(c: Components, echo: Callable[[str], None] = print) -> train.Step
                           {"data.batch_size": cfg.data.batch_size, "eval.batch_size": cfg.eval.batch_size})
     echo(f"mesh: {sharding.describe(mesh)}, rules {cfg.mesh.rules}")
     return train.make_steps(c.model, c.optimizer, c.schedule, mesh, rules, cfg.train.seed, cfg.data.seq_len,
-                            cfg.optim.label_smoothing)
+                            cfg.optim.label_smoothing, cfg.train.loss_chunk)
 
 
 def _meta(c: Components, step: int, metrics: dict) -> dict:
     return {
         "tokenizer": c.tokenizer.spec(),
-        "data_position": {"step": step, "seed": c.cfg.data.seed},
+        "data_position": {"step": step, "seed": c.cfg.data.seed, "epochs": loader.epochs_seen(
+            step, c.cfg.data.batch_size * c.cfg.data.seq_len * c.cfg.optim.accum_steps, c.splits["train"].num_tokens)},
         "model": dataclasses.asdict(c.model.cfg),
-        "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
+        "versions": {"gpt2_jax": gpt2_jax.__version__, "jax": jax.__version__, "orbax": ocp_version,
+                     "python": sys.version.split()[0]},
         "metrics": metrics,
     }
-
-
-def _restore_or_init(c: Components, steps: train.Steps, manager, echo) -> train.TrainState:
-    step = manager.latest_step()
-    if step is None:
-        return steps.init()
-    _, meta = ckpt.restore_json(manager, step)
-    saved = meta.get("model", {})
-    now = dataclasses.asdict(c.model.cfg)
-    shape_keys = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "vocab_multiple", "param_dtype")
-    differ = [k for k in shape_keys if k in saved and saved[k] != now[k]]
-    if differ:
-        raise ckpt.CheckpointError(
-            f"run dir {manager.directory.parent} holds a model with different {', '.join(differ)} "
-            f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in differ)}); use a new train.run_dir")
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          steps.abstract_state, steps.state_sharding)
-    state = ckpt.restore_state(manager, step, target)
-    echo(f"resumed from step {step} in {manager.directory}")
-    return state
 
 
 def _install_stop_handler() -> tuple[dict, dict]:
@@ -160,7 +148,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     distributed.sync("run dir ready")
     k = cfg.checkpoint
     manager = ckpt.make_manager(run_dir, k.max_to_keep, k.keep_best, k.async_save)
-    state = _restore_or_init(c, steps, manager, echo)
+    state = resume.restore_or_init(c, steps, manager, echo)
     writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard) if primary else None
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
     flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
@@ -175,7 +163,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     # Across processes the stop decision is collective (all save together), checked every log_every steps.
     stop_every = 1 if jax.process_count() == 1 else t.log_every
     last_val: dict[str, float] = {}
-    log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager)
+    log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager, flops.total_peak_flops())
+    profiler = profiling.ProfileWindow(profiling.parse_steps(t.profile_steps), run_dir / "profile")
     saved = {start} if manager.latest_step() == start else set()
     bar = tqdm(total=t.steps, initial=start, desc="train", disable=not (t.progress and primary), dynamic_ncols=True)
     log.bar = bar
@@ -187,9 +176,12 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                       metrics={"val_loss": last_val["val_loss"]} if "val_loss" in last_val else None)
             saved.add(step)
 
+    batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, t.steps, cfg.data.prefetch)
     try:
         for step in range(start, t.steps):
-            state, step_metrics = steps.train(state, global_train_batch(c, steps, step))
+            profiler.before(step)
+            state, step_metrics = steps.train(state, batches.get(step))
+            profiler.after(step, step_metrics)
             log.push(step + 1, step_metrics)  # logs the previous step's metrics, one step late
             bar.update(1)
             done = step + 1
@@ -204,16 +196,19 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 log.restart_clock()
             if done % stop_every == 0 and distributed.any_process(stop["signal"] is not None):
                 save(done)
-                manager.wait_until_finished()
+                ckpt.finish(manager)
                 echo(f"stopped by {stop['signal'] or 'another process'} at step {done}; checkpoint saved in "
                      f"{manager.directory}; run the same command again to resume")
-                raise SystemExit(130 if stop["signal"] == "SIGINT" else 143)
+                # A preempted job (SIGTERM) ends cleanly so its scheduler does not count a failure; Ctrl-C keeps 130.
+                raise SystemExit(130 if stop["signal"] == "SIGINT" else 0)
         log.flush()
     finally:
+        batches.close()
+        profiler.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         bar.close()
-        manager.wait_until_finished()
+        ckpt.finish(manager)
         if writer is not None:
             writer.close()
     # The reported numbers always score every token of the held-out splits (eval.max_batches is
@@ -231,11 +226,12 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
 
 
 class _TrainLog:
-    """Fetches each step's metrics one step late, checks them for NaN/inf, and logs them."""
+    """Fetches each step's metrics one step late, checks them for NaN/inf, and logs them with
+    tokens/s, TFLOP/s and MFU (flops.py's accounting, as `gpt2-jax bench train`; no MFU without a peak)."""
 
-    def __init__(self, writer, tokens_per_step, flops_per_step, log_every, manager):
+    def __init__(self, writer, tokens_per_step, flops_per_step, log_every, manager, peak_flops=None):
         self.writer, self.manager, self.log_every = writer, manager, log_every
-        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
         self.pending: list[tuple[int, Any]] = []
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.bar = None
@@ -274,10 +270,13 @@ class _TrainLog:
             if self.window_steps:  # 0 when two queued steps are logged back to back
                 m["tokens_per_s"] = self.tokens_per_step * self.window_steps / elapsed
                 m["tflops"] = self.flops_per_step * self.window_steps / elapsed / 1e12
+                if self.peak_flops:
+                    m["mfu"] = flops.mfu(m["tflops"] * 1e12, self.peak_flops)
             m["ppl"] = math.exp(min(m["loss"], 700.0))
             self.write(step, m)
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}")
+                mfu = {"mfu": f"{100 * m['mfu']:.1f}%"} if "mfu" in m else {}
+                self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}", **mfu)
             self.window_start, self.window_steps = now, 0
 
 

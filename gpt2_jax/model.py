@@ -109,8 +109,9 @@ class CausalSelfAttention(nn.Module):
         w_out = _param(self, "out_kernel", _init(proj_std), (h, hd, d), ("heads", "kv", "embed"), cfg)
         b_out = _param(self, "out_bias", nn.initializers.zeros, (d,), ("embed",), cfg)
 
-        qkv = jnp.einsum("btd,dshk->sbthk", x.astype(dtype), w_qkv.astype(dtype)) + b_qkv.astype(dtype)[:, None, None]
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # (B, T, 3, H, hd): slicing q, k, v off axis 2 lets XLA fuse the bias and skip a transpose.
+        qkv = jnp.einsum("btd,dshk->btshk", x.astype(dtype), w_qkv.astype(dtype)) + b_qkv.astype(dtype)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         if kv is not None:
             kv = tuple(nn.with_logical_constraint(
@@ -273,11 +274,18 @@ def count_params(tree) -> int:
 
 
 def non_embedding_params(cfg: GPT2Config) -> int:
-    """Parameters excluding token and position embeddings (the N of 6N FLOPs/token)."""
-    return count_params(param_shapes(cfg)) - cfg.padded_vocab_size * cfg.n_embd - cfg.n_positions * cfg.n_embd
+    """Parameters excluding token and position embeddings, on the unpadded vocabulary."""
+    return count_params(param_shapes(dataclasses.replace(cfg, vocab_multiple=1))) - (
+        cfg.vocab_size + cfg.n_positions) * cfg.n_embd
 
 
 def flops_per_token(cfg: GPT2Config, seq_len: int) -> int:
-    """Training FLOPs per token: 6N (non-embedding, but with the tied head) + 12*L*T*d for attention."""
-    n = non_embedding_params(cfg) + cfg.padded_vocab_size * cfg.n_embd  # the head matmul is real work
+    """Training FLOPs per token: 6*N + 12*L*T*d, N = parameters other than the position embedding.
+
+    The token embedding stays in N because the tied LM head multiplies by it (Kaplan et al. 2020,
+    the count nanoGPT and llm.c report MFU with); N is taken on the real vocabulary, so rows
+    padded for speed (vocab_multiple) never raise MFU. 12*L*T*d is causal attention's QK^T and
+    PV, forward and backward, counted over the whole T x T square.
+    """
+    n = non_embedding_params(cfg) + cfg.vocab_size * cfg.n_embd
     return 6 * n + 12 * cfg.n_layer * seq_len * cfg.n_embd

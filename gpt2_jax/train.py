@@ -42,11 +42,58 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array | No
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
+def chunked_cross_entropy(model: model_lib.GPT2, params, hidden: jax.Array, targets: jax.Array,
+                          weights: jax.Array | None = None, chunk: int = 128, label_smoothing: float = 0.0):
+    """cross_entropy of the model's logits for hidden (B, T, D), `chunk` positions at a time.
+
+    A scan over chunks of the sequence computes each chunk's logits and loss and, under remat,
+    recomputes them in the backward pass, so neither fp32 nor compute-dtype logits of the whole
+    batch ever exist: peak logits memory is B x chunk x vocab. T need not divide by chunk (the
+    tail is padded with zero weight). Returns (summed NLL, summed weights) like cross_entropy.
+    """
+    b, t, d = hidden.shape
+    if weights is None:
+        weights = jnp.ones((b, t), jnp.float32)
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets, weights = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets, weights))
+    # (n, B, chunk, ...): the scan walks the sequence, the batch axis keeps its sharding.
+    def split(x):
+        names = (None, "batch", "length", "embed")[: x.ndim + 1]
+        return nn.with_logical_constraint(jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0), names)
+
+    vocab_size = model.cfg.vocab_size
+
+    @jax.checkpoint
+    def chunk_loss(params, h, tgt, w):
+        logits = model.apply({"params": params}, h, method=model_lib.GPT2.logits_from_hidden)
+        return cross_entropy(logits, tgt, w, vocab_size=vocab_size, label_smoothing=label_smoothing)
+
+    def body(carry, xs):
+        nll, count = chunk_loss(params, *xs)
+        return (carry[0] + nll, carry[1] + count), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (total, count), _ = jax.lax.scan(body, (zero, zero), (split(hidden), split(targets), split(weights)))
+    return total, count
+
+
 def lm_loss(params, model: model_lib.GPT2, batch: jax.Array, rng: jax.Array | None = None,
-            label_smoothing: float = 0.0) -> jax.Array:
-    """Mean next-token cross-entropy of a (B, T+1) token batch; dropout on when rng is given."""
+            label_smoothing: float = 0.0, loss_chunk: int = 0) -> jax.Array:
+    """Mean next-token cross-entropy of a (B, T+1) token batch; dropout on when rng is given.
+
+    loss_chunk > 0 computes the logits that many positions at a time (chunked_cross_entropy).
+    """
     inputs, targets = batch[:, :-1], batch[:, 1:]
     rngs = {"dropout": rng} if rng is not None else {}
+    if loss_chunk:
+        hidden = model.apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs,
+                             method=model_lib.GPT2.hidden)
+        total, count = chunked_cross_entropy(model, params, hidden, targets, chunk=loss_chunk,
+                                             label_smoothing=label_smoothing)
+        return total / count
     logits = model.apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs)
     total, count = cross_entropy(logits, targets, vocab_size=model.cfg.vocab_size, label_smoothing=label_smoothing)
     return total / count
@@ -74,7 +121,8 @@ def init_state(model: model_lib.GPT2, optimizer: optax.GradientTransformation, r
 
 
 def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformation,
-                    schedule: Callable[[jax.Array], jax.Array], label_smoothing: float = 0.0) -> Callable:
+                    schedule: Callable[[jax.Array], jax.Array], label_smoothing: float = 0.0,
+                    loss_chunk: int = 0) -> Callable:
     """train_step(state, batch) -> (state, metrics); batch is (accum, B, T+1) int32.
 
     The accum micro-batches are scanned inside one step and their gradients averaged, so
@@ -83,7 +131,8 @@ def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformati
     dropout = has_dropout(model.cfg)
 
     def grad_of(params, micro_batch, rng):
-        return jax.value_and_grad(lm_loss)(params, model, micro_batch, rng if dropout else None, label_smoothing)
+        return jax.value_and_grad(lm_loss)(params, model, micro_batch, rng if dropout else None, label_smoothing,
+                                           loss_chunk)
 
     def train_step(state: TrainState, batch: jax.Array):
         rng, step_rng = jax.random.split(state.rng)
@@ -108,10 +157,13 @@ def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformati
     return train_step
 
 
-def make_eval_step(model: model_lib.GPT2) -> Callable:
+def make_eval_step(model: model_lib.GPT2, loss_chunk: int = 0) -> Callable:
     """eval_step(params, batch (B, T+1), weights (B, T)) -> (summed NLL, number of scored tokens)."""
 
     def eval_step(params, batch: jax.Array, weights: jax.Array):
+        if loss_chunk:
+            hidden = model.apply({"params": params}, batch[:, :-1], method=model_lib.GPT2.hidden)
+            return chunked_cross_entropy(model, params, hidden, batch[:, 1:], weights, loss_chunk)
         logits = model.apply({"params": params}, batch[:, :-1], deterministic=True)
         return cross_entropy(logits, batch[:, 1:], weights)
 
@@ -134,7 +186,8 @@ class Steps:
 
 
 def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, schedule: Callable,
-               mesh: jax.sharding.Mesh, rules, seed: int, seq_len: int, label_smoothing: float = 0.0) -> Steps:
+               mesh: jax.sharding.Mesh, rules, seed: int, seq_len: int, label_smoothing: float = 0.0,
+               loss_chunk: int = 0) -> Steps:
     """init, train_step and eval_step, each one jax.jit with in/out shardings on mesh.
 
     The train state is donated, so params and optimizer state update in place.
@@ -148,8 +201,8 @@ def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, s
     repl = sharding.replicated(mesh)
     train_batch_sh = sharding.batch_sharding(mesh, rules, ndim=3, batch_dim=1)
     eval_batch_sh = sharding.batch_sharding(mesh, rules, ndim=2)
-    train_fn = make_train_step(model, optimizer, schedule, label_smoothing)
-    eval_fn = make_eval_step(model)
+    train_fn = make_train_step(model, optimizer, schedule, label_smoothing, loss_chunk)
+    eval_fn = make_eval_step(model, loss_chunk)
     jit = lambda fn, **kw: sharding.with_mesh(jax.jit(fn, **kw), mesh, rules)
     return Steps(
         init=jit(init, out_shardings=state_sh),

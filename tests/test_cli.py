@@ -90,10 +90,10 @@ def test_sample_command_and_load(trained, capsys):
     greedy = m.generate("Shall I", max_new_tokens=12, temperature=0)
     assert out.strip() == ("Shall I" + greedy.text).strip()  # streamed == batch decoding, same model
     assert len(greedy.tokens) <= 12 and m.tokenizer.decode(greedy.tokens) == greedy.text
-    assert m.perplexity(VERSE[:100]) < 20
+    assert m.perplexity(VERSE[:100])["ppl"] < 20
     assert "params" in m.summary()
     assert cli.main(["sample", "--run", str(tmp_path / "nowhere")]) == 2
-    assert "no checkpoints" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_prompt_longer_than_context_is_one_line(trained, capsys):
@@ -122,33 +122,12 @@ def test_divergence_stops_with_a_clear_message(tmp_path, capsys):
 def test_bench_prints_both_implementations_and_their_ratio(tmp_path, capsys):
     report_path = tmp_path / "bench.json"
     assert cli.main(["bench", "--preset", "nano", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
-                     "--warmup", "1", "--peer", "hf-torch", "--json", str(report_path)]) == 0
+                     "--warmup", "1", "--peer", "hf-torch", "--peer-compile", "off", "--json", str(report_path)]) == 0
     out = capsys.readouterr().out
     assert "gpt2_jax" in out and "hf-torch" in out and "ratio gpt2_jax / hf-torch" in out
     report = json.loads(report_path.read_text())
     assert report["results"]["gpt2_jax"]["tokens_per_s"] > 0 and report["ratio_vs_hf_torch"] > 0
     assert report["flops_per_token"] == 6 * (report["params"] - 128 * 64) + 12 * 2 * 16 * 64
-
-
-def test_sigterm_checkpoints_then_exits_and_the_run_resumes(tmp_path):
-    import signal
-    import time
-
-    source = _corpus(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2_jax.cli", *_args(tmp_path, source, 100000)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 143, err[-2000:]
-    assert "stopped by SIGTERM at step" in out and "run the same command again to resume" in out
-    stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
-    steps = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
-    assert max(steps) == stopped_at >= 10
-    assert cli.main(_args(tmp_path, source, stopped_at + 5)) == 0
 
 
 def test_sample_prompts_file_beams_and_stop(trained, capsys, tmp_path):

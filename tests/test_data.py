@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from gpt2_jax.data import shakespeare, sources, tokenizers, tokens
+from gpt2_jax.data import loader, shakespeare, sources, tokenizers, tokens
 
 GUT_HEADER = ("The Project Gutenberg EBook of {t}\n\nThis eBook is for the use of anyone anywhere.\n\n"
               "*** START OF THIS PROJECT GUTENBERG EBOOK {t} ***\n\n")
@@ -173,7 +173,8 @@ def test_prepare_counts_and_dtype(prepared):
     split = tokens.load_split(path)
     docs = [text for _, text in out["plays"]["train"]]
     h = split.header
-    assert split.tokens.dtype == np.uint16 and h["dtype"] == "uint16" and not split.tokens.flags.writeable
+    assert split.tokens.dtype == np.uint16 and h["dtype"] == "uint16"
+    assert not any(shard.flags.writeable for shard in split.tokens.shards)
     assert h["num_bytes"] == sum(len(d.encode()) for d in docs) and h["num_chars"] == sum(map(len, docs))
     assert h["num_words"] == sum(len(d.split()) for d in docs) and h["num_documents"] == 2
     assert split.num_tokens == h["num_tokens"] == h["num_bytes"] + 1  # one EOS between the 2 documents
@@ -205,15 +206,16 @@ def test_prepare_is_idempotent_and_tracks_edits(tmp_path):
     source = _text_corpus(tmp_path, ["first", "second"])
     byte = tokenizers.ByteTokenizer()
     path = tokens.prepare_split(source, "train", byte, tmp_path, show_progress=False)
-    stamp = (path / "tokens.bin").stat().st_mtime_ns, (path / "header.json").stat().st_mtime_ns
+    stamp = sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir())
     time.sleep(0.01)
     assert tokens.prepare_split(source, "train", byte, tmp_path, show_progress=False) == path
-    assert ((path / "tokens.bin").stat().st_mtime_ns, (path / "header.json").stat().st_mtime_ns) == stamp
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir()) == stamp
 
     (tmp_path / "corpus" / "01.txt").write_text("changed", encoding="utf-8")
     assert tokens.prepare_split(source, "train", byte, tmp_path, show_progress=False) == path
     assert tokens.load_split(path).header["num_bytes"] == len("firstchanged")
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp folders left
+    assert sorted(p.name for p in path.iterdir()) == ["header.json", "tokens-00000-000.bin"]
 
 
 class _FailingTokenizer(tokenizers.ByteTokenizer):
@@ -240,14 +242,18 @@ def test_interrupted_prepare_leaves_nothing(tmp_path):
 
 
 def test_load_split_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run prepare_split first"):
+    with pytest.raises(FileNotFoundError, match="run `gpt2-jax prepare`"):
         tokens.load_split(tmp_path)
     (tmp_path / "header.json").write_text("{not json")
     with pytest.raises(ValueError, match="is corrupt"):
         tokens.load_split(tmp_path)
     (tmp_path / "header.json").write_text(json.dumps({"version": 1, "dtype": "uint16", "num_tokens": 10}))
-    (tmp_path / "tokens.bin").write_bytes(b"\0" * 6)
-    with pytest.raises(ValueError, match="has 6 bytes, header says 10 uint16 tokens"):
+    with pytest.raises(ValueError, match="format version 1, this code reads 2"):
+        tokens.load_split(tmp_path)
+    header = {"version": 2, "dtype": "uint16", "num_tokens": 10, "shards": [{"file": "a.bin", "num_tokens": 10}]}
+    (tmp_path / "header.json").write_text(json.dumps(header))
+    (tmp_path / "a.bin").write_bytes(b"\0" * 6)
+    with pytest.raises(ValueError, match="a.bin has 6 bytes, header says 10 uint16 tokens"):
         tokens.load_split(tmp_path)
 
 
@@ -264,30 +270,30 @@ def test_gpt2_prepare_matches_direct_encoding(tmp_path):
 
 def test_train_batch_is_deterministic_and_row_independent():
     data = np.arange(1000, dtype=np.uint16)
-    full = tokens.train_batch(data, seed=3, step=7, batch_size=8, seq_len=16)
+    full = loader.train_batch(data, seed=3, step=7, batch_size=8, seq_len=16)
     assert full.shape == (8, 17) and full.dtype == np.int32
-    assert np.array_equal(full, tokens.train_batch(data, 3, 7, 8, 16))
-    assert np.array_equal(full[2:5], tokens.train_batch(data, 3, 7, 8, 16, rows=slice(2, 5)))
-    assert np.array_equal(full[1::2], tokens.train_batch(data, 3, 7, 8, 16, rows=slice(1, None, 2)))
-    assert np.array_equal(full[:4], tokens.train_batch(data, 3, 7, 4, 16))  # rows do not depend on batch size
+    assert np.array_equal(full, loader.train_batch(data, 3, 7, 8, 16))
+    assert np.array_equal(full[2:5], loader.train_batch(data, 3, 7, 8, 16, rows=slice(2, 5)))
+    assert np.array_equal(full[1::2], loader.train_batch(data, 3, 7, 8, 16, rows=slice(1, None, 2)))
+    assert np.array_equal(full[:4], loader.train_batch(data, 3, 7, 4, 16))  # rows do not depend on batch size
     assert np.all(np.diff(full, axis=1) == 1)  # each row is one contiguous window
-    assert not np.array_equal(full, tokens.train_batch(data, 3, 8, 8, 16))
-    assert not np.array_equal(full, tokens.train_batch(data, 4, 7, 8, 16))
+    assert not np.array_equal(full, loader.train_batch(data, 3, 8, 8, 16))
+    assert not np.array_equal(full, loader.train_batch(data, 4, 7, 8, 16))
 
 
 def test_train_batch_offsets_cover_the_range():
     data = np.arange(20, dtype=np.uint16)
-    starts = np.concatenate([tokens.train_batch(data, 0, step, 64, 16)[:, 0] for step in range(4)])
+    starts = np.concatenate([loader.train_batch(data, 0, step, 64, 16)[:, 0] for step in range(4)])
     assert set(starts.tolist()) == {0, 1, 2, 3}  # len - seq_len - 1 = 3 is the largest start
     with pytest.raises(ValueError, match="split has 16 tokens, too few for one window of seq_len\\+1 = 17"):
-        tokens.train_batch(data[:16], 0, 0, 4, 16)
+        loader.train_batch(data[:16], 0, 0, 4, 16)
 
 
 @pytest.mark.parametrize("n", [2, 17, 64, 65, 130])
 def test_eval_batches_predict_every_token_once(n):
     data = np.arange(n, dtype=np.uint16)
-    batches = list(tokens.eval_batches(data, batch_size=3, seq_len=8))
-    assert len(batches) == tokens.num_eval_batches(n, 3, 8) == tokens.num_eval_batches(data, 3, 8)
+    batches = list(loader.eval_batches(data, batch_size=3, seq_len=8))
+    assert len(batches) == loader.num_eval_batches(n, 3, 8) == loader.num_eval_batches(data, 3, 8)
     targets = []
     for batch, weights in batches:
         assert batch.shape == (3, 9) and batch.dtype == np.int32
@@ -296,7 +302,7 @@ def test_eval_batches_predict_every_token_once(n):
         assert np.all(batch[:, 1:][mask] == batch[:, :-1][mask] + 1)  # targets follow their inputs
         targets.extend(batch[:, 1:][mask].tolist())
     assert targets == list(range(1, n))
-    parts = [list(tokens.eval_batches(data, 3, 8, rows=slice(i, i + 1))) for i in range(3)]
+    parts = [list(loader.eval_batches(data, 3, 8, rows=slice(i, i + 1))) for i in range(3)]
     for b, (batch, weights) in enumerate(batches):
         assert np.array_equal(batch, np.concatenate([p[b][0] for p in parts]))
 

