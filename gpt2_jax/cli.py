@@ -1,4 +1,8 @@
-"""`gpt2-jax` command line: train, sample, bench, plan. The only module that reads the environment."""
+"""`gpt2-jax` command line: train, sample, prepare, tokenizer, export, eval, table, convert, bench, plan.
+
+The only module that reads the environment (`cli_bench` and `cli_eval` hold two subcommands' flags
+and dispatch, and get the environment from here).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import json
 import os
 import sys
 import time
+
+from gpt2_jax import cli_bench, cli_eval
 
 
 class _UsageError(ValueError):
@@ -177,161 +183,6 @@ def _cmd_prepare(args, overrides: list[str]) -> int:
     return 0
 
 
-def _cmd_bench(args, overrides: list[str]) -> int:
-    if overrides:
-        raise _UsageError("bench takes no --config overrides")
-    peers = args.peer or []
-    if args.kind == "sweep":
-        from gpt2_jax import bench_sweep
-
-        rows = bench_sweep.run_sweep(args.plan, args.out, nanogpt=args.nanogpt, base_env=dict(os.environ),
-                                     echo=lambda line: print(line, flush=True))
-        print(bench_sweep.markdown_table(rows), flush=True)
-        return 0
-    if peers and jax_backend_is_gpu(os.environ):  # the peers share the GPU: no preallocated JAX pool
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    if args.kind == "data":
-        from gpt2_jax import bench_data
-        from gpt2_jax.data import tokens
-
-        data_dir = os.path.expanduser(args.data_dir)
-        rows = []
-        for workers in sorted({1, args.workers or tokens.cpu_count()}):
-            rows += bench_data.bench_prepare(args.source, args.split, args.tokenizers.split(","), data_dir, workers)
-        split = bench_data.load_for_bench(args.source, args.split, "gpt2", data_dir)
-        report = {"prepare": rows, "loader": bench_data.bench_loader(split, args.loader_batch, args.loader_seq_len)}
-        text = bench_data.format_data_report(report["prepare"], report["loader"])
-    elif args.kind == "ckpt":
-        from gpt2_jax import bench_ckpt
-
-        report = bench_ckpt.bench_ckpt(args.preset, args.batch_size, args.seq_len, args.steps,
-                                       every=args.save_every, vocab_size=args.vocab_size or 257,
-                                       rounds=args.rounds, save_preset=args.save_preset)
-        text = bench_ckpt.format_report(report)
-    elif args.kind == "eval":
-        from gpt2_jax import bench_eval
-
-        report = bench_eval.bench_eval(args.preset, args.seq_len, args.stride, args.eval_tokens, args.eval_batch,
-                                       rounds=args.rounds, dtype=args.dtype, peer=peers[0][0] if peers else "none",
-                                       vocab_size=args.vocab_size or 50257)
-        text = bench_eval.format_eval_report(report)
-    elif args.kind == "decode":
-        from gpt2_jax import bench
-
-        report = bench.bench_decode(args.preset, args.batch_size, args.prompt_len, args.new_tokens,
-                                    rounds=args.rounds, dtype=args.dtype, peer=peers[0][0] if peers else "none",
-                                    vocab_size=args.vocab_size or 50257)
-        text = bench.format_decode_report(report)
-    else:
-        from gpt2_jax import bench_train
-
-        report = bench_train.bench_train(train_bench_spec(args))
-        report["xla_flags"] = os.environ.get("XLA_FLAGS", "")
-        report["argv"] = sys.argv[1:]
-        text = bench_train.format_train_report(report)
-    print(text, flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0
-
-
-def _evaluate_runs(args, paths: list[str]) -> list[tuple[object, dict]]:
-    """(model config, {dataset: metrics}) per model path, datasets parsed before any model loads;
-    one model's weights are in memory at a time."""
-    from gpt2_jax import convert, eval_sets
-
-    sets = [eval_sets.parse(spec) for spec in args.data]
-    names = [s.name for s in sets]
-    if len(set(names)) != len(names):
-        raise _UsageError(f"datasets {names} repeat a name; label them NAME=SOURCE")
-    out = []
-    for path in paths:
-        w = convert.load_weights(path, step=args.step)
-        results = eval_sets.evaluate_weights(w, sets, os.path.expanduser(args.data_dir), context=args.context,
-                                             stride=args.stride, batch_size=args.batch_size, progress=not args.quiet)
-        out.append((w.config, results))
-        del w  # before the next model loads
-    return out
-
-
-def _cmd_eval(args, overrides: list[str]) -> int:
-    if overrides:
-        raise _UsageError("eval takes no --config overrides")
-    [(_, results)] = _evaluate_runs(args, [args.run])
-    for name, r in results.items():
-        if r["task"] == "lambada":
-            print(f"{name}: acc {100 * r['acc']:.2f}% ppl {r['ppl']:.3f} (whole word); acc {100 * r['acc_token']:.2f}% "
-                  f"ppl {r['ppl_token']:.3f} (last token); {r['passages']} passages", flush=True)
-        else:
-            print(f"{name}: token ppl {r['ppl']:.4f}, word ppl {r['word_ppl']:.4f}, bits/byte {r['bpb']:.4f}, "
-                  f"bits/char {r['bpc']:.4f} ({r['tokens']:,.0f} tokens, {r['words']:,} words; {r['protocol']})",
-                  flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
-
-
-def _cmd_table(args, overrides: list[str]) -> int:
-    if overrides:
-        raise _UsageError("table takes no --config overrides")
-    if args.names and len(args.names) != len(args.runs):
-        raise _UsageError(f"--names has {len(args.names)} labels for {len(args.runs)} --runs; give one per run")
-    from gpt2_jax import tables
-
-    rows = []
-    for i, (c, results) in enumerate(_evaluate_runs(args, args.runs)):
-        label = args.names[i] if args.names else os.path.basename(os.path.normpath(args.runs[i]))
-        rows.append({"model": label, "size": tables.paper_size(c.n_layer, c.n_embd, c.vocab_size), "results": results})
-    table = tables.build(rows)
-    paths = tables.write(table, args.out, args.stem, args.title)
-    print(tables.to_markdown(table), flush=True)
-    print("wrote " + ", ".join(paths.values()), file=sys.stderr, flush=True)
-    return 0
-
-
-def _cmd_convert(args, overrides: list[str]) -> int:
-    if overrides:
-        raise _UsageError("convert takes no --config overrides")
-    from gpt2_jax import convert
-
-    w = convert.load_weights(args.source, step=args.step)
-    if args.to == "run":
-        convert.save_as_run(args.out, w, args.source)
-        print(f"{args.source} ({w.kind}) -> run directory {args.out} (step 0)", flush=True)
-        return 0
-    written = convert.save_hf_directory(args.out, w.config, w.params, w.tokenizer)
-    print(f"{args.source} ({w.kind}) -> {args.out}: {', '.join(written)}", flush=True)
-    if "vocab.json" not in written:
-        print(f"note: the {w.tokenizer.name} tokenizer has no Hugging Face vocab.json/merges.txt; "
-              "no tokenizer files were written", file=sys.stderr, flush=True)
-    return 0
-def train_bench_spec(args):
-    """The bench_train.TrainBench that parsed `gpt2-jax bench train` arguments ask for."""
-    from gpt2_jax import bench_train, profiling
-
-    peers = [tuple(p) for p in args.peer or []]
-    for p in peers:
-        if len(p) > 2:
-            raise _UsageError(f"--peer {' '.join(p)}: one name and at most one path")
-    return bench_train.TrainBench(
-        preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size or 257,
-        vocab_multiple=args.vocab_multiple, dtype=args.dtype, param_dtype=args.param_dtype,
-        attention=args.attention, remat=args.remat, loss_chunk=args.loss_chunk, mesh=_mesh_sizes(args.mesh),
-        rules=args.rules, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-        peers=tuple((p[0], p[1] if len(p) > 1 else None) for p in peers if p[0] != "none"),
-        peer_compile=args.peer_compile, profile_steps=profiling.parse_steps(args.profile_steps or ""),
-        profile_dir=args.profile_dir)
-
-
-def _mesh_sizes(text: str) -> tuple[int, int, int]:
-    sizes = text.split(",")
-    if len(sizes) != 3 or not all(s.strip().lstrip("-").isdigit() for s in sizes):
-        raise _UsageError(f"--mesh {text!r} needs three sizes DATA,FSDP,TENSOR, e.g. 1,8,1 (-1: the rest)")
-    return tuple(int(s) for s in sizes)
-
-
 # XLA flags set for GPU runs (a flag already in XLA_FLAGS wins; GPT2_JAX_GPU_FLAGS=0 sets none).
 # The latency-hiding scheduler overlaps fsdp/data-parallel collectives with compute (NVIDIA's JAX
 # containers set it too); `gpt2-jax bench sweep --plan gpu` measures the step with and without.
@@ -363,6 +214,17 @@ def add_gpu_xla_flags(env) -> list[str]:
     added = [flag for flag in GPU_XLA_FLAGS if flag.split("=")[0] not in present]
     env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *added]).strip()
     return added
+
+
+def _cmd_bench(args, overrides: list[str]) -> int:
+    if overrides:
+        raise _UsageError("bench takes no --config overrides")
+    return cli_bench.run(args, os.environ, jax_backend_is_gpu(os.environ))
+
+
+def train_bench_spec(args):
+    """The bench_train.TrainBench that parsed `gpt2-jax bench train` arguments ask for."""
+    return cli_bench.train_bench_spec(args)
 
 
 def _cmd_plan(args, overrides: list[str]) -> int:
@@ -451,48 +313,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="a prompt too long for the context: error (default) or keep its end")
     s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     s.add_argument("--seed", type=int, default=0)
-    b = sub.add_parser("bench", help="throughput of train steps, decoding, eval, data, checkpoint saves; peers beside")
-    b.add_argument("kind", nargs="?", choices=["train", "decode", "eval", "data", "ckpt", "sweep"], default="train",
-                   help="sweep: every GPU figure of BENCHMARKS.md, one subprocess per row (see --plan)")
-    b.add_argument("--preset", default="tiny")
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
-    b.add_argument("--prompt-len", type=int, default=128, help="decode: prompt tokens per row")
-    b.add_argument("--new-tokens", type=int, default=256, help="decode: tokens generated per row")
-    b.add_argument("--vocab-size", type=int, help="default: 257 (train), 50257 (decode)")
-    b.add_argument("--vocab-multiple", type=int, default=1, help="train: pad the vocab up to a multiple (128: 50304)")
-    b.add_argument("--steps", type=int, default=10, help="train: timed steps")
-    b.add_argument("--warmup", type=int, default=2, help="train: untimed steps")
-    b.add_argument("--dtype", default="float32", help="compute dtype: float32 | bfloat16")
-    b.add_argument("--param-dtype", default="float32", help="train: params and AdamW moments (bfloat16: all-bf16)")
-    b.add_argument("--attention", default="auto", help="train: auto | xla | cudnn | blocked")
-    b.add_argument("--remat", default="none", help="train: none | dots (dots saveable) | full, per block")
-    b.add_argument("--loss-chunk", type=int, default=0, help="train: cross-entropy this many positions at a time")
-    b.add_argument("--mesh", default="-1,1,1", help="train: DATA,FSDP,TENSOR devices (-1: the rest)")
-    b.add_argument("--rules", default="fsdp+tp", help="train: sharding rules (dp | fsdp | tp | fsdp+tp)")
-    b.add_argument("--rounds", type=int, default=2, help="interleaved rounds with the peer")
-    b.add_argument("--peer", nargs="+", action="append", metavar="NAME [PATH]",
-                   help="repeatable: hf-torch (transformers GPT-2) | nanogpt PATH (a nanoGPT checkout) | none")
-    b.add_argument("--peer-compile", default="auto", help="train: torch.compile the peers: auto | on | off")
-    b.add_argument("--profile-steps", help="train: A:B traces extra steps A..B-1 with jax.profiler")
-    b.add_argument("--profile-dir", default="bench_profile", help="train: where the trace goes")
-    b.add_argument("--plan", default="gpu", help="sweep: gpu (gpt2 T=1024 and larger) | cpu-switches | smoke")
-    b.add_argument("--out", default="bench_sweep", help="sweep: folder for sweep.json and sweep.md (resumes)")
-    b.add_argument("--nanogpt", help="sweep: a nanoGPT checkout for the side-by-side row")
-    b.add_argument("--json", help="also write the report here")
-    b.add_argument("--stride", type=int, default=512, help="eval: window advance (--seq-len is the window)")
-    b.add_argument("--eval-tokens", type=int, default=4096, help="eval: length of the scored token sequence")
-    b.add_argument("--eval-batch", type=int, default=1, help="eval: windows per forward pass (ours)")
-    bd = b.add_argument_group("data: prepare MB/s per core and loader batches/s")
-    bd.add_argument("--source", default="shakespeare/plays", help="data: the source to tokenize")
-    bd.add_argument("--split", default="train", help="data: its split")
-    bd.add_argument("--tokenizers", default="byte,gpt2,sentencepiece", help="data: comma-separated tokenizer names (sentencepiece: train 8000 BPE pieces first)")
-    bd.add_argument("--data-dir", default="~/tensorflow_datasets", help="data: the TFDS data_dir")
-    bd.add_argument("--workers", type=int, default=0, help="data: prepare workers besides 1 (0: all cores)")
-    bd.add_argument("--loader-batch", type=int, default=8, help="data: loader batch rows")
-    bd.add_argument("--loader-seq-len", type=int, default=1024, help="data: loader tokens per row")
-    b.add_argument("--save-every", type=int, default=10, help="ckpt: steps between saves in the timed run")
-    b.add_argument("--save-preset", default="gpt2", help="ckpt: preset whose full state times one save")
+    cli_bench.add_parser(sub)
     pr = sub.add_parser("prepare", help="tokenize a source's splits once into token shards (reused by train)")
     pr.add_argument("--config", help="prepare the train/eval/test splits this experiment names")
     pr.add_argument("--source", help="SOURCE, SOURCE@SPLIT, or SOURCE:SPLIT for tfds:/shakespeare sources")
@@ -507,32 +328,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--step", default="best", help="best (default) | latest | a step number")
     e.add_argument("--out", required=True, help="a new directory")
     e.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    for name, text in (("eval", "perplexity of one model (run, HF or OpenAI directory) on datasets"),
-                       ("table", "models x datasets table (markdown, CSV, JSON, PNG) beside the GPT-2 paper's Table 3")):
-        e = sub.add_parser(name, help=text)
-        if name == "eval":
-            e.add_argument("--run", required=True, help="run directory, HF GPT-2 directory or OpenAI GPT-2 directory")
-            e.add_argument("--json", help="also write the metrics here")
-        else:
-            e.add_argument("--runs", nargs="+", required=True, help="run / HF / OpenAI directories, one row each")
-            e.add_argument("--names", nargs="+", help="row labels (default: directory names)")
-            e.add_argument("--out", default="tables", help="folder for <stem>.md/.csv/.json/.png")
-            e.add_argument("--stem", default="table")
-            e.add_argument("--title", default="")
-        e.add_argument("--data", nargs="+", required=True,
-                       help="[NAME=]SOURCE[@SPLIT], e.g. plays=shakespeare/plays@test, wikitext103=text:wiki.test.tokens")
-        e.add_argument("--data-dir", default="~/tensorflow_datasets")
-        e.add_argument("--step", default="latest", help="run directories: latest | best | a step number")
-        e.add_argument("--context", type=int, help="window length (default: the model's positions)")
-        e.add_argument("--stride", type=int, help="window advance (default: the context, i.e. no overlap)")
-        e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-        e.add_argument("--quiet", action="store_true", help="no progress bars")
-    cv = sub.add_parser("convert", help="write a run, HF or OpenAI GPT-2 directory as a HF directory or a run")
-    cv.add_argument("source", help="run directory, HF directory (config.json) or OpenAI directory (hparams.json)")
-    cv.add_argument("--to", choices=["hf", "run"], default="hf",
-                    help="hf: safetensors + config.json + tokenizer files; run: a step-0 checkpoint for load/sample")
-    cv.add_argument("--out", required=True, help="the directory to write")
-    cv.add_argument("--step", default="latest", help="run directories: latest | best | a step number")
+    cli_eval.add_parsers(sub)
     pl = sub.add_parser("plan", help="per-device memory of a config's train step, compiled for a virtual mesh")
     pl.add_argument("--config", required=True)
     pl.add_argument("--devices", type=int, help="virtual CPU devices to compile for (default: the real ones)")
@@ -565,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     add_gpu_xla_flags(os.environ)  # before JAX starts a backend
     commands = {"train": _cmd_train, "sample": _cmd_sample, "bench": _cmd_bench, "plan": _cmd_plan,
                 "prepare": _cmd_prepare, "tokenizer": _cmd_tokenizer, "export": _cmd_export,
-                "eval": _cmd_eval, "table": _cmd_table, "convert": _cmd_convert}
+                "eval": cli_eval.cmd_eval, "table": cli_eval.cmd_table, "convert": cli_eval.cmd_convert}
     try:
         return commands[args.command](args, _split_overrides(extra))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
