@@ -163,7 +163,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     # Across processes the stop decision is collective (all save together), checked every log_every steps.
     stop_every = 1 if jax.process_count() == 1 else t.log_every
     last_val: dict[str, float] = {}
-    log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager, flops.total_peak_flops())
+    log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager, flops.total_peak_flops(),
+                    train_tokens=c.splits["train"].num_tokens)
     profiler = profiling.ProfileWindow(profiling.parse_steps(t.profile_steps), run_dir / "profile")
     saved = {start} if manager.latest_step() == start else set()
     bar = tqdm(total=t.steps, initial=start, desc="train", disable=not (t.progress and primary), dynamic_ncols=True)
@@ -229,9 +230,11 @@ class _TrainLog:
     """Fetches each step's metrics one step late, checks them for NaN/inf, and logs them with
     tokens/s, TFLOP/s and MFU (flops.py's accounting, as `gpt2-jax bench train`; no MFU without a peak)."""
 
-    def __init__(self, writer, tokens_per_step, flops_per_step, log_every, manager, peak_flops=None):
+    def __init__(self, writer, tokens_per_step, flops_per_step, log_every, manager, peak_flops=None,
+                 train_tokens=None):
         self.writer, self.manager, self.log_every = writer, manager, log_every
         self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
+        self.train_tokens = train_tokens
         self.pending: list[tuple[int, Any]] = []
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.bar = None
@@ -273,6 +276,8 @@ class _TrainLog:
                 if self.peak_flops:
                     m["mfu"] = flops.mfu(m["tflops"] * 1e12, self.peak_flops)
             m["ppl"] = math.exp(min(m["loss"], 700.0))
+            if self.train_tokens:
+                m["epoch"] = loader.epochs_seen(step, self.tokens_per_step, self.train_tokens)
             self.write(step, m)
             if self.bar is not None:
                 mfu = {"mfu": f"{100 * m['mfu']:.1f}%"} if "mfu" in m else {}

@@ -59,6 +59,7 @@ def test_train_reports_evaluates_checkpoints_and_samples(trained):
     assert [r["step"] for r in train_rows] == [5, 10, 15, 20, 25, 30]
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
     assert all(r["tokens_per_s"] > 0 for r in train_rows)
+    assert train_rows[-1]["epoch"] == pytest.approx(6 * train_rows[0]["epoch"]) and 0 < train_rows[0]["epoch"] < 1
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["steps"] == 30 and saved["model"]["preset"] == "nano"
