@@ -5,19 +5,16 @@ so the table in README.md compares sizes at an equal training budget: 400 steps 
 (0.8M bytes, a sixth of an epoch), a few minutes each on a 2-core CPU.
 """
 
-from gpt2_jax.config import base_config
+import pathlib
+import runpy
+
+_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
 
 
 def get_config():
-    c = base_config()
+    c = _default["get_config"]()  # the default run's data, optimizer and schedule
     c.model.preset = "nano"
     c.model.n_layer, c.model.n_embd, c.model.n_head = 2, 128, 4
-    c.model.n_positions = 128
-    c.data.seq_len = 128
-    c.data.batch_size = 16
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 30
-    c.optim.min_lr_ratio = 0.05
     c.train.steps = 400
     c.train.eval_every = 200
     c.train.sample_tokens = 0
