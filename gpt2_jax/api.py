@@ -11,11 +11,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import config_dict
 
 from gpt2_jax import config as config_lib
-from gpt2_jax import evaluate, generate, sharding, train
+from gpt2_jax import evaluate, generate, sharding
 from gpt2_jax import export as export_lib
 from gpt2_jax import model as model_lib
 from gpt2_jax.data import tokenizers
@@ -79,6 +78,7 @@ class LoadedModel:
     meta: dict
     mesh: jax.sharding.Mesh | None = None  # where params live (None: one device)
     source: str = ""  # the run directory or export it came from
+    _scorers: dict = dataclasses.field(default_factory=dict, repr=False)  # perplexity's, by batch size
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 100, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
@@ -123,38 +123,24 @@ class LoadedModel:
     def _forward(self):
         return jax.jit(lambda params, ids: self.model.apply({"params": params}, ids))
 
-    @functools.cached_property
-    def _score(self):
-        return jax.jit(train.make_eval_step(self.model))
-
     def logits(self, ids) -> jax.Array:
         """Logits (B, T, vocab) for token ids (B, T) or (T,)."""
         ids = jnp.atleast_2d(jnp.asarray(ids, jnp.int32))
         return self._forward(self.params, ids)[..., : self.model.cfg.vocab_size]
 
-    def perplexity(self, texts: str | Iterable[str], batch_size: int = 8) -> dict[str, float]:
-        """Score every token of texts once: {'loss' (nats/token), 'ppl', 'bpb' (bits per UTF-8 byte), 'tokens'}.
+    def perplexity(self, texts: str | Iterable[str], batch_size: int = 8, *, context: int | None = None,
+                   stride: int | None = None, detokenizer: str = "none") -> dict:
+        """Score every token of texts once (evaluate.py's protocol): loss (nats/token), ppl, word_ppl, bpb,
+        bpc, the counts, and the protocol line.
 
-        Each text starts after an EOS (so its first token is scored too) and is cut into
-        non-overlapping windows of the model's context; every window predicts only its own tokens.
+        Each text starts after an EOS (so its first token is scored too); windows of `context`
+        tokens (default: the model's) advance by `stride` (default: the context).
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
-        rows = _windows([[self.tokenizer.eos_id] + self.tokenizer.encode(t) for t in texts],
-                        self.model.cfg.n_positions)
-        if not rows:
-            raise ValueError("perplexity needs at least one non-empty text")
-        width = min(self.model.cfg.n_positions, generate.bucket(max(len(r) for r in rows) - 1)) + 1
-        nll = count = 0.0
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
-            ids = np.zeros((batch_size, width), np.int32)
-            weights = np.zeros((batch_size, width - 1), np.float32)
-            for j, r in enumerate(chunk):
-                ids[j, :len(r)] = r
-                weights[j, :len(r) - 1] = 1
-            n, c = self._score(self.params, ids, weights)
-            nll, count = nll + float(n), count + float(c)
-        return evaluate.metrics_from_nll(nll, count, sum(len(t.encode("utf-8")) for t in texts))
+        if batch_size not in self._scorers:  # compiled shapes are kept for the next call
+            self._scorers[batch_size] = evaluate.TokenScorer(self.model, self.params, batch_size)
+        return evaluate.evaluate_texts(self.model, self.params, texts, self.tokenizer, context=context, stride=stride,
+                                       detokenizer=detokenizer, scorer=self._scorers[batch_size])
 
     def summary(self) -> str:
         """One paragraph: parameter count, dtype, devices, step and the run's metrics at that step."""
@@ -166,11 +152,6 @@ class LoadedModel:
         return (f"GPT-2 {c.n_layer}L x {c.n_embd}d x {c.n_head}h, {n:,} params ({c.param_dtype}), "
                 f"vocab {c.vocab_size}, context {c.n_positions}; step {self.step} of {self.source}; "
                 f"mesh {mesh}; {shown or 'no metrics'}")
-
-
-def _windows(docs: Sequence[Sequence[int]], context: int) -> list[list[int]]:
-    """Rows of at most context + 1 tokens whose targets (all but the first token) tile each doc once."""
-    return [list(d[s:s + context + 1]) for d in docs for s in range(0, len(d) - 1, context)]
 
 
 def _mesh(devices) -> jax.sharding.Mesh:

@@ -17,12 +17,15 @@ def run(tmp_path_factory):
 
 
 def _manual_nll(m, ids: list[int]) -> float:
-    """Summed NLL of ids[1:], one full-context forward per chunk of targets (no batching, no padding)."""
-    ctx, total = m.model.cfg.n_positions, 0.0
-    for s in range(0, len(ids) - 1, ctx):
-        window = ids[s:s + ctx + 1]
+    """Summed NLL of ids[1:] by the documented protocol, one forward per window (no batching, no padding):
+    windows of the full context advance by the context; the last one is moved back to end at the
+    document's end, and scores only the targets no earlier window scored."""
+    ctx, n, total = m.model.cfg.n_positions, len(ids), 0.0
+    for s in range(0, n - 1, ctx):
+        start = max(0, min(s, n - 1 - ctx))
+        window = ids[start:start + ctx + 1]
         logp = jax.nn.log_softmax(np.asarray(m.logits(window[:-1]), np.float64)[0], axis=-1)
-        total -= sum(float(logp[i, t]) for i, t in enumerate(window[1:]))
+        total -= sum(float(logp[i, t]) for i, t in enumerate(window[1:]) if start + i >= s)
     return total
 
 
@@ -41,7 +44,7 @@ def test_perplexity_scores_every_token_once(run):
     assert both["loss"] * both["tokens"] == pytest.approx(one["loss"] * one["tokens"] + two["loss"] * two["tokens"],
                                                           rel=1e-5)
     assert one["ppl"] < 20  # it learned the verse (257 at chance)
-    with pytest.raises(ValueError, match="at least one non-empty text"):
+    with pytest.raises(ValueError, match="encode to no scorable tokens"):
         m.perplexity([""])
 
 
