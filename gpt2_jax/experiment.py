@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import pathlib
@@ -55,14 +54,13 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> C
                                      f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
     splits = {}
     roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
-    prepare = functools.partial(tokens_lib.prepare_split, d.source, tokenizer=tokenizer, data_dir=data_dir,
-                                text_field=d.text_field, workers=d.prepare_workers or tokens_lib.cpu_count())
     if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
         for _, name in roles:
-            prepare(split=name, show_progress=cfg.train.progress)
+            tokens_lib.prepare_split(d.source, name, tokenizer, data_dir, show_progress=cfg.train.progress,
+                                     text_field=d.text_field, workers=d.prepare_workers or tokens_lib.cpu_count())
     distributed.sync("data prepared")
     for role, name in roles:
-        splits[role] = tokens_lib.load_split(prepare(split=name, show_progress=False), tokenizer)
+        splits[role] = tokens_lib.load_split(tokens_lib.split_dir(d.source, name, tokenizer, data_dir), tokenizer)
     schedule, optimizer = optimizer_from_config(cfg)
     return Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits)
 

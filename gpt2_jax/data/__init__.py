@@ -4,7 +4,7 @@ TFDS is imported only when a TFDS-backed source is read.
 """
 
 from gpt2_jax.data.loader import Prefetcher, epochs_seen, eval_batches, num_eval_batches, train_batch
-from gpt2_jax.data.sources import canonical_source, count_documents, open_documents, read_documents, split_source
+from gpt2_jax.data.sources import canonical_source, open_documents, read_documents, split_source
 from gpt2_jax.data.spm import SentencePieceTokenizer, train_sentencepiece
 from gpt2_jax.data.tokenizers import (ByteTokenizer, GPT2BPETokenizer, Tokenizer, from_spec, make_tokenizer,
                                       split_name, tokenizer_throughput)
@@ -13,7 +13,7 @@ from gpt2_jax.data.tokens import ShardedTokens, TokenSplit, load_split, prepare_
 __all__ = [
     "ByteTokenizer", "GPT2BPETokenizer", "Prefetcher", "SentencePieceTokenizer", "ShardedTokens", "TokenSplit",
     "Tokenizer", "split_name", "tokenizer_throughput", "train_sentencepiece",
-    "canonical_source", "count_documents", "epochs_seen", "eval_batches", "from_spec", "load_split",
+    "canonical_source", "epochs_seen", "eval_batches", "from_spec", "load_split",
     "make_tokenizer", "num_eval_batches", "open_documents", "prepare_split", "read_documents",
     "split_source", "train_batch",
 ]

@@ -126,16 +126,6 @@ def read_documents(source: str, split: str, data_dir: str | os.PathLike, text_fi
     return iter(open_documents(source, split, data_dir, text_field))
 
 
-def count_documents(source: str, split: str, data_dir: str | os.PathLike, text_field: str = "text") -> int:
-    """Returns how many documents `read_documents(source, split, data_dir)` yields."""
-    return len(open_documents(source, split, data_dir, text_field))
-
-
-def source_fingerprint(source: str, split: str, data_dir: str | os.PathLike, text_field: str = "text") -> dict:
-    """Returns a JSON-able description that changes when the split's documents may have changed."""
-    return open_documents(source, split, data_dir, text_field).fingerprint
-
-
 # ----------------------------------------------------------------------------- local files
 
 def _jsonl_parts(source: str) -> tuple[str, str]:
