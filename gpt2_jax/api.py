@@ -184,8 +184,7 @@ def load(path: str | pathlib.Path, step: str | int = "latest", devices=None, dty
     mesh = _mesh(devices)
     boxed = jax.eval_shape(functools.partial(model_lib.init_params, mcfg, seq_len=1), jax.random.key(0))
     shardings = sharding.param_shardings(boxed, sharding.logical_rules("fsdp+tp"), mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            model_lib.param_shapes(mcfg), shardings)
+    abstract = sharding.abstract_on(model_lib.param_shapes(mcfg), shardings)
     params = src.read_params(abstract)
     tokenizer = tokenizers.from_spec(src.meta["tokenizer"])
     return LoadedModel(cfg, model, params, tokenizer, src.step, src.meta, mesh=mesh if mesh.size > 1 else None,

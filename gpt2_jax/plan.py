@@ -35,8 +35,7 @@ def plan_memory(cfg: config_dict.ConfigDict, devices=None) -> dict[str, Any]:
     sharding.check_layout(mesh.shape, rules, model.cfg.n_head, model.cfg.n_embd, {"data.batch_size": cfg.data.batch_size})
     steps = train.make_steps(model, optimizer, schedule, mesh, rules, 0, cfg.data.seq_len, cfg.optim.label_smoothing,
                              loss_chunk=cfg.train.loss_chunk)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         steps.abstract_state, steps.state_sharding)
+    state = sharding.abstract_on(steps.abstract_state, steps.state_sharding)
     batch = jax.ShapeDtypeStruct((cfg.optim.accum_steps, cfg.data.batch_size, cfg.data.seq_len + 1), "int32",
                                  sharding=steps.train_batch_sharding)
     t0 = time.perf_counter()

@@ -12,11 +12,10 @@ import json
 import pathlib
 from typing import Any, Callable
 
-import jax
 from ml_collections import config_dict
 
 from gpt2_jax import checkpoint as ckpt
-from gpt2_jax import distributed
+from gpt2_jax import distributed, sharding
 from gpt2_jax import export as export_lib
 from gpt2_jax import model as model_lib
 
@@ -101,8 +100,7 @@ def restore_or_init(c, steps, manager, echo: Callable[[str], None] = print):
         return init_from(c, steps, k.init_from, echo) if k.init_from else steps.init()
     if k.init_from:
         echo(f"notice: {manager.directory} has checkpoints; resuming them, not init_from={k.init_from}")
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          steps.abstract_state, steps.state_sharding)
+    target = sharding.abstract_on(steps.abstract_state, steps.state_sharding)
     candidates = available if requested == "latest" else [ckpt.resolve_step(manager, requested)]
     for step in candidates:
         try:
@@ -143,7 +141,6 @@ def init_from(c, steps, source: str, echo: Callable[[str], None] = print):
         raise ckpt.CheckpointError(f"init_from {src.path} holds a different model ({'; '.join(differ)}); "
                                    "set the model keys to match it, or export the right run")
     state = steps.init()
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          steps.abstract_state.params, steps.state_sharding.params)
+    target = sharding.abstract_on(steps.abstract_state.params, steps.state_sharding.params)
     echo(f"initialized params from {src.kind} {src.path} (step {src.step}); fresh optimizer state")
     return state.replace(params=src.read_params(target))

@@ -204,6 +204,12 @@ def local_rows(sharding: NamedSharding, global_shape: Sequence[int], batch_dim: 
     return slice(lo, hi)
 
 
+def abstract_on(shapes, shardings):
+    """ShapeDtypeStructs of `shapes` (arrays or structs), each placed on its sharding in the matching tree:
+    the target that restores or reads arrays straight onto a mesh."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+
 def global_batch(sharding: NamedSharding, global_shape: Sequence[int],
                  make_rows: Callable[[slice], np.ndarray], batch_dim: int = 0) -> jax.Array:
     """A global jax.Array from the rows this process holds, made by make_rows(slice of rows)."""
