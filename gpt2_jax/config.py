@@ -17,9 +17,11 @@ from typing import Any, Iterable
 
 from ml_collections import config_dict
 
-from gpt2_jax import model as model_lib
-from gpt2_jax import optim, profiling, sharding
 from gpt2_jax.data import sources, tokenizers
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.optim import optimizers as optim
+from gpt2_jax.optim import schedules
+from gpt2_jax.parallel import profiling, sharding
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -67,7 +69,7 @@ def base_config() -> config_dict.ConfigDict:
     )
     # Devices per slice/node on each axis (-1: all remaining); dcn_*: slices/nodes on each axis.
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
-                  rules="fsdp+tp")  # dp | fsdp | tp | fsdp+tp, or 'logical=axis,...' (sharding.py)
+                  rules="fsdp+tp")  # dp | fsdp | tp | fsdp+tp, or 'logical=axis,...' (parallel/sharding.py)
     c.eval = dict(batch_size=32, max_batches=ph(int))  # None: the whole split
     c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True,
                         resume_from="latest",  # latest (the newest good step) | best | a step number
@@ -99,12 +101,13 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())[:300]
 
 
-def _flat_keys(cfg: config_dict.ConfigDict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k in cfg.keys():
-        v = cfg[k]
-        if isinstance(v, config_dict.ConfigDict):
-            out.update(_flat_keys(v, f"{prefix}{k}."))
+def flatten(tree: config_dict.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+    """{'section.key': value} of a ConfigDict or of its saved dict form."""
+    out, nested = {}, config_dict.ConfigDict if isinstance(tree, config_dict.ConfigDict) else dict
+    for k in tree.keys():
+        v = tree[k]
+        if isinstance(v, nested):
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -118,8 +121,8 @@ def _unknown_key_error(key: str, valid: Iterable[str]) -> ConfigError:
 
 def check_keys(cfg: config_dict.ConfigDict) -> None:
     """Raise ConfigError if cfg has a key that base_config() does not."""
-    valid = _flat_keys(base_config())
-    for key in _flat_keys(cfg):
+    valid = flatten(base_config())
+    for key in flatten(cfg):
         if key not in valid:
             raise _unknown_key_error(key, valid)
 
@@ -157,7 +160,7 @@ def apply_override(cfg: config_dict.ConfigDict, assignment: str) -> None:
         raise ConfigError(f"override {assignment!r} needs the form --config.section.key=value")
     key, raw = text.split("=", 1)
     parts = key.split(".")
-    valid = _flat_keys(base_config())
+    valid = flatten(base_config())
     if key not in valid:
         raise _unknown_key_error(key, valid)
     node = cfg
@@ -242,7 +245,7 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _check_source(d.source)
     o = cfg.optim
     _choice(cfg, "optim.name", optim.OPTIMIZERS)
-    _choice(cfg, "optim.schedule", optim.SCHEDULES)
+    _choice(cfg, "optim.schedule", schedules.SCHEDULES)
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optim.b1", "b1 and b2 must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
@@ -306,7 +309,7 @@ def to_json(cfg: config_dict.ConfigDict) -> str:
 def from_dict(d: dict) -> config_dict.ConfigDict:
     """Rebuild a config saved by to_json, checked against the current base config."""
     cfg = base_config()
-    flat = _flat_keys(config_dict.ConfigDict(d))
+    flat = flatten(config_dict.ConfigDict(d))
     for key, value in flat.items():
         apply_override(cfg, f"{key}={value!r}")
     validate(cfg)

@@ -13,8 +13,12 @@ import sys
 import jax
 import numpy as np
 
-from gpt2_jax import api, checkpoint as ckpt
-from gpt2_jax import config as config_lib, experiment, sharding
+from gpt2_jax import api
+from gpt2_jax import config as config_lib
+from gpt2_jax.checkpoint import manager as ckpt
+from gpt2_jax.jobs import pretrain
+from gpt2_jax.parallel import sharding
+from gpt2_jax.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IDS = np.arange(3, 35, dtype=np.int32)[None]
@@ -37,16 +41,16 @@ def main():
     mesh = ["mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2"] if mode == "write" else \
         ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
     cfg = config_lib.load_config(str(ROOT / "experiments" / "default.py"), [*overrides, *mesh])
-    comps = experiment.build(cfg, echo=lambda _: None)
+    comps = pretrain.build(cfg, echo=lambda _: None)
     report = {"devices": jax.device_count()}
     if mode == "write":
-        out = experiment.fit(comps, echo=lambda _: None)
+        out = loop.fit(comps, echo=lambda _: None)
         params = out["state"].params
         report["qkv_spec"] = str(params["h_0"]["attn"]["qkv_kernel"].sharding.spec)
         np.savez(run_dir / "expected.npz", logits=sharded_logits(comps, out["steps"], params),
                  **flat_params(params))
     else:
-        steps = experiment.make_steps(comps, echo=lambda _: None)
+        steps = loop.make_steps(comps, echo=lambda _: None)
         manager = ckpt.make_manager(run_dir, read_only=True)
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                               steps.abstract_state, steps.state_sharding)

@@ -11,7 +11,11 @@ import jax
 import numpy as np
 import optax
 
-from gpt2_jax import model as model_lib, optim, sharding, train
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.optim import optimizers as optim
+from gpt2_jax.optim import schedules
+from gpt2_jax.parallel import sharding
+from gpt2_jax.train import steps as train
 
 MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
 
@@ -19,7 +23,7 @@ MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
 def steps_on(shape, optimizer_name, rules_name="fsdp+tp"):
     cfg = model_lib.GPT2Config(vocab_size=256, n_positions=64, n_layer=2, n_head=8, n_embd=64)
     model = model_lib.GPT2(cfg)
-    schedule = optim.make_schedule("constant", 1e-3 if optimizer_name == "adamw" else 0.1, 10, 0)
+    schedule = schedules.make_schedule("constant", 1e-3 if optimizer_name == "adamw" else 0.1, 10, 0)
     optimizer = optim.make_optimizer(lr=schedule) if optimizer_name == "adamw" else optax.sgd(schedule)
     devices = jax.devices()[:1] if shape == (1, 1, 1) else jax.devices()
     mesh = sharding.make_mesh(sharding.MeshSpec(ici=shape), devices)
@@ -65,7 +69,7 @@ def compare(run, ref):
 
 def sharded_decode():
     """Greedy KV-cache decoding on mesh (2, 1, 4) (rows over data, heads over tensor) vs one device."""
-    from gpt2_jax import generate
+    from gpt2_jax.generate import decode as generate
     cfg = model_lib.GPT2Config(vocab_size=256, n_positions=64, n_layer=2, n_head=8, n_embd=64)
     model = model_lib.GPT2(cfg)
     params = train.strip_boxes(model_lib.init_params(cfg, jax.random.key(3)))

@@ -5,10 +5,11 @@ import math
 import jax
 import numpy as np
 import pytest
+from tiny_run import VERSE, make_run
 
 import gpt2_jax
-from gpt2_jax import api, export
-from tiny_run import VERSE, make_run
+from gpt2_jax import api
+from gpt2_jax.checkpoint import export
 
 
 @pytest.fixture(scope="module")

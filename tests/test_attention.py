@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2_jax import attention
-from gpt2_jax import model as model_lib
+from gpt2_jax.model import attention
+from gpt2_jax.model import gpt2 as model_lib
 
 
 def _reference(q, k, v):

@@ -9,8 +9,15 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from gpt2_jax import bench_sweep, bench_train, cli, experiment, flops, profiling
-from gpt2_jax import model as model_lib
+from gpt2_jax.bench import sweep as bench_sweep
+from gpt2_jax.bench import train as bench_train
+from gpt2_jax.cli import app as cli
+from gpt2_jax.cli import bench as cli_bench
+from gpt2_jax.cli import common as cli_common
+from gpt2_jax.model import flops
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.parallel import profiling
+from gpt2_jax.train import loop
 
 
 def test_flops_per_token_of_gpt2_at_1024_is_the_closed_form():
@@ -70,18 +77,18 @@ def test_bad_bench_flags_are_one_line_errors(argv, message, capsys):
 
 def test_gpu_xla_flags_only_for_a_gpu_backend_and_never_over_the_users():
     env = {"JAX_PLATFORMS": "cuda", "XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false --x=1"}
-    assert cli.add_gpu_xla_flags(env) == [f for f in cli.GPU_XLA_FLAGS if "latency_hiding" not in f]
+    assert cli_common.add_gpu_xla_flags(env) == [f for f in cli_common.GPU_XLA_FLAGS if "latency_hiding" not in f]
     assert "--xla_gpu_enable_latency_hiding_scheduler=false" in env["XLA_FLAGS"]
     env = {"JAX_PLATFORMS": "cuda"}
-    assert cli.add_gpu_xla_flags(env) == list(cli.GPU_XLA_FLAGS) and env["XLA_FLAGS"] == " ".join(cli.GPU_XLA_FLAGS)
+    assert cli_common.add_gpu_xla_flags(env) == list(cli_common.GPU_XLA_FLAGS) and env["XLA_FLAGS"] == " ".join(cli_common.GPU_XLA_FLAGS)
     for env in ({"JAX_PLATFORMS": "cpu"}, {"JAX_PLATFORMS": "cuda", "GPT2_JAX_GPU_FLAGS": "0"}):
-        assert cli.add_gpu_xla_flags(env) == [] and "XLA_FLAGS" not in env
+        assert cli_common.add_gpu_xla_flags(env) == [] and "XLA_FLAGS" not in env
 
 
 def test_train_log_reports_mfu_with_the_bench_accounting():
     written = []
     writer = types.SimpleNamespace(write=lambda step, m: written.append((step, m)))
-    log = experiment._TrainLog(writer, tokens_per_step=1000, flops_per_step=2e12, log_every=1, manager=None,
+    log = loop._TrainLog(writer, tokens_per_step=1000, flops_per_step=2e12, log_every=1, manager=None,
                                peak_flops=989e12)
     for step in (1, 2, 3):
         log.push(step, {"loss": jnp.float32(2.0), "grad_norm": jnp.float32(1.0)})
@@ -92,7 +99,7 @@ def test_train_log_reports_mfu_with_the_bench_accounting():
     assert m["mfu"] == pytest.approx(m["tflops"] * 1e12 / 989e12)
     assert m["tflops"] == pytest.approx(m["tokens_per_s"] * 2e12 / 1000 / 1e12)
     written.clear()
-    cpu_log = experiment._TrainLog(writer, 1000, 2e12, 1, None, flops.total_peak_flops())
+    cpu_log = loop._TrainLog(writer, 1000, 2e12, 1, None, flops.total_peak_flops())
     for step in (1, 2):
         cpu_log.push(step, {"loss": jnp.float32(2.0), "grad_norm": jnp.float32(1.0)})
     assert "tflops" in written[0][1] and "mfu" not in written[0][1]
@@ -154,11 +161,11 @@ def test_every_row_of_the_gpu_plan_is_a_valid_bench_command(tmp_path):
     names = [r["name"] for r in rows]
     assert len(set(names)) == len(names)  # names are the resume keys
     for row in rows:
-        spec = cli.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *row["args"]]))
+        spec = cli_bench.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *row["args"]]))
         bench_train.check(spec)
         if row["name"].startswith("+ chunked"):
             assert (spec.dtype, spec.attention, spec.vocab_multiple, spec.loss_chunk) == ("bfloat16", "cudnn", 128, 128)
-    peers = cli.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *rows[-6]["args"]])).peers
+    peers = cli_bench.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *rows[-6]["args"]])).peers
     assert peers == (("hf-torch", None), ("nanogpt", str(tmp_path)))
-    gpt2 = [cli.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *r["args"]])) for r in rows[:6]]
+    gpt2 = [cli_bench.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *r["args"]])) for r in rows[:6]]
     assert all((s.preset, s.seq_len, s.vocab_size) == ("gpt2", 1024, 50257) for s in gpt2)

@@ -8,7 +8,7 @@ import pytest
 import torch  # noqa: F401  the `test` extra installs it: a missing peer must fail, not skip
 import transformers  # noqa: F401
 
-from gpt2_jax import bench
+from gpt2_jax.bench import decode as bench
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_bad_peer_is_a_one_line_error():
 
 
 def test_cli_bench_decode(tmp_path, capsys):
-    from gpt2_jax import cli
+    from gpt2_jax.cli import app as cli
     out = tmp_path / "decode.json"
     assert cli.main(["bench", "decode", "--preset", "nano", "--batch-size", "2", "--prompt-len", "8",
                      "--new-tokens", "4", "--rounds", "1", "--vocab-size", "257", "--json", str(out)]) == 0

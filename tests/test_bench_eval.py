@@ -2,7 +2,8 @@
 
 import pytest
 
-from gpt2_jax import bench_eval, cli
+from gpt2_jax.bench import scoring as bench_eval
+from gpt2_jax.cli import app as cli
 
 
 def test_bench_eval_scores_the_same_targets_as_transformers(capsys):

@@ -15,9 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2_jax import api, cli
-from gpt2_jax.checkpoint import CheckpointError
-from gpt2_jax import metrics as metrics_lib
+from gpt2_jax import api
+from gpt2_jax.checkpoint.manager import CheckpointError
+from gpt2_jax.cli import app as cli
+from gpt2_jax.train import metrics as metrics_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "experiments" / "default.py")
@@ -248,10 +249,13 @@ def test_a_checkpoint_of_8_devices_restores_on_1_device_and_on_2x2x2(straight):
     assert moved["load_mesh"].startswith("data=1 fsdp=8 tensor=1 over 8 cpu devices")
     assert moved["load_logits_max_diff"] <= 1e-5
 
-    from gpt2_jax import checkpoint as ckpt, config as config_lib, experiment  # this process: 1 device
+    from gpt2_jax import config as config_lib
+    from gpt2_jax.checkpoint import manager as ckpt
+    from gpt2_jax.jobs import pretrain  # this process: 1 device
+    from gpt2_jax.train import loop
     expected = np.load(root / "layout" / "expected.npz")
     cfg = config_lib.load_config(DEFAULT, _args(root, "layout", 10)[4:])
-    steps = experiment.make_steps(experiment.build(cfg, echo=lambda _: None), echo=lambda _: None)
+    steps = loop.make_steps(pretrain.build(cfg, echo=lambda _: None), echo=lambda _: None)
     assert steps.mesh.devices.size == 1
     manager = ckpt.make_manager(root / "layout", read_only=True)
     target = ckpt.abstract_like(steps.abstract_state)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from gpt2_jax import api, cli
+from gpt2_jax import api
+from gpt2_jax.cli import app as cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "experiments" / "default.py")

@@ -16,9 +16,12 @@ import pytest
 import torch  # the `test` extra installs it: a missing reference must fail, not skip
 import transformers
 
-from gpt2_jax import api, cli, convert, tf_bundle
+from gpt2_jax import api
+from gpt2_jax.cli import app as cli
 from gpt2_jax.data import tokenizers
-from gpt2_jax.model import GPT2, GPT2Config
+from gpt2_jax.model.gpt2 import GPT2, GPT2Config
+from gpt2_jax.weights import huggingface as convert
+from gpt2_jax.weights import tf_bundle
 
 CFG = GPT2Config(vocab_size=50257, n_positions=32, n_layer=2, n_head=2, n_embd=32)
 
@@ -50,7 +53,7 @@ def test_hf_export_loads_in_transformers_with_same_logits(tmp_path, params):
     np.testing.assert_allclose(theirs, _our_logits(CFG, params), rtol=1e-4, atol=1e-4)
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert hf_tok("Hello world!")["input_ids"] == tok.encode("Hello world!") == [15496, 995, 0]
-    back = convert.load_weights(tmp_path)  # and back in
+    back = api.load_weights(tmp_path)  # and back in
     assert back.kind == "hf" and back.tokenizer.encode("Hello world!") == [15496, 995, 0]
     np.testing.assert_allclose(_our_logits(back.config, back.params), _our_logits(CFG, params), rtol=1e-5, atol=1e-5)
 
@@ -128,7 +131,7 @@ def test_openai_checkpoint_imports_to_same_logits(tmp_path, params):
                                                        "n_layer": 2}))
     read = tf_bundle.read_checkpoint(tmp_path / "model.ckpt")
     assert sorted(read) == sorted(tensors) and all(np.array_equal(read[k], tensors[k]) for k in tensors)
-    w = convert.load_weights(tmp_path)
+    w = api.load_weights(tmp_path)
     assert w.kind == "openai" and w.tokenizer.vocab_size == 50257  # packaged BPE files when none are beside it
     np.testing.assert_allclose(_our_logits(w.config, w.params), _our_logits(CFG, params), rtol=1e-5, atol=1e-5)
 
@@ -158,9 +161,9 @@ def test_bad_inputs_name_the_problem(tmp_path, params):
     (tmp_path / "hparams.json").write_text(json.dumps({"n_vocab": 50257, "n_ctx": 32, "n_embd": 32, "n_head": 2,
                                                        "n_layer": 2}))
     with pytest.raises(ValueError, match=r"'h.0.mlp.c_fc.weight' has shape \(32, 8\)"):
-        convert.load_weights(tmp_path)
+        api.load_weights(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a run directory"):
-        convert.load_weights(tmp_path / "nowhere")
+        api.load_weights(tmp_path / "nowhere")
     (tmp_path / "bad.index").write_bytes(b"x" * 60)
     with pytest.raises(tf_bundle.BundleError, match="no SSTable footer"):
         tf_bundle.read_checkpoint(tmp_path / "bad")

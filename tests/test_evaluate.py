@@ -12,9 +12,12 @@ import pytest
 import torch  # the `test` extra installs it: a missing reference must fail, not skip
 import transformers
 
-from gpt2_jax import convert, detokenize, eval_sets, evaluate, lambada, tables
 from gpt2_jax.data import tokenizers
-from gpt2_jax.model import GPT2, GPT2Config
+from gpt2_jax.evaluate import datasets as eval_sets
+from gpt2_jax.evaluate import detokenize, lambada, tables
+from gpt2_jax.evaluate import scoring as evaluate
+from gpt2_jax.model.gpt2 import GPT2, GPT2Config
+from gpt2_jax.weights import huggingface as convert
 
 CONTEXT = 64
 TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
@@ -182,7 +185,8 @@ def test_table_formats_and_paper_values(tmp_path):
 
 
 def test_eval_and_table_commands_on_a_run(tmp_path, capsys):
-    from gpt2_jax import api, cli
+    from gpt2_jax import api
+    from gpt2_jax.cli import app as cli
 
     docs = {"a.txt": TEXT, "b.txt": "A short second document.\n"}
     (tmp_path / "test").mkdir()
@@ -217,9 +221,10 @@ def test_eval_and_table_commands_on_a_run(tmp_path, capsys):
 SHARDED_PROBE = """
 import jax, numpy as np
 import flax.linen as nn
-from gpt2_jax import evaluate, sharding
+from gpt2_jax.evaluate import scoring as evaluate
+from gpt2_jax.parallel import sharding
 from gpt2_jax.data import tokenizers
-from gpt2_jax.model import GPT2, GPT2Config, init_params
+from gpt2_jax.model.gpt2 import GPT2, GPT2Config, init_params
 cfg = GPT2Config(vocab_size=257, n_positions=32, n_layer=1, n_head=2, n_embd=16)
 params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
 texts = ["some words of text " * 9, "more"]

@@ -9,9 +9,13 @@ import torch  # the `test` extra installs it: a missing reference must fail, not
 import transformers
 from transformers import generation as hf_gen
 
-from gpt2_jax import api, convert, generate, sampling, train
-from gpt2_jax import model as model_lib
+from gpt2_jax import api
 from gpt2_jax.data import tokenizers
+from gpt2_jax.generate import decode as generate
+from gpt2_jax.generate import processors as sampling
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.train import steps as train
+from gpt2_jax.weights import huggingface as convert
 
 VOCAB = 97
 

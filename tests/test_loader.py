@@ -85,7 +85,7 @@ def test_prefetcher_closes_early_and_checks_order():
 
 
 def test_bench_data_reports_prepare_and_loader_rates(tmp_path, capsys):
-    from gpt2_jax import cli
+    from gpt2_jax.cli import app as cli
 
     (tmp_path / "a.txt").write_text("To be, or not to be, that is the question. " * 200, encoding="utf-8")
     assert cli.main(["bench", "data", "--source", f"text:{tmp_path}/a.txt", "--tokenizers", "byte,gpt2",

@@ -13,8 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from gpt2_jax import model
-from gpt2_jax.model import GPT2, GPT2Config
+from gpt2_jax.model import gpt2 as model
+from gpt2_jax.model.gpt2 import GPT2, GPT2Config
 
 # One small config for every test: shared shapes keep XLA's per-op compile cache warm.
 CFG = GPT2Config(vocab_size=256, n_positions=32, n_layer=2, n_head=4, n_embd=128)

@@ -9,9 +9,9 @@ import nbformat
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+from tiny_run import make_run
 
 import gpt2_jax
-from tiny_run import make_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -9,15 +9,17 @@ import numpy as np
 import optax
 import pytest
 
-from gpt2_jax import model, optim
-from gpt2_jax.model import GPT2, GPT2Config
+from gpt2_jax.model import gpt2 as model
+from gpt2_jax.model.gpt2 import GPT2, GPT2Config
+from gpt2_jax.optim import optimizers as optim
+from gpt2_jax.optim import schedules
 
 CFG = GPT2Config(vocab_size=64, n_positions=16, n_layer=1, n_head=2, n_embd=32)  # 1 layer: compile time dominates
 PEAK, TOTAL, WARM = 1e-3, 1000, 100
 
 
 def _at(schedule, step):
-    return float(optim.learning_rate_at(schedule, step))
+    return float(schedules.learning_rate_at(schedule, step))
 
 
 @pytest.mark.parametrize("kind,mid,end", [
@@ -27,7 +29,7 @@ def _at(schedule, step):
     ("wsd", PEAK, 0.1 * PEAK),
 ])
 def test_schedule_shapes(kind, mid, end):
-    s = optim.make_schedule(kind, PEAK, TOTAL, WARM)
+    s = schedules.make_schedule(kind, PEAK, TOTAL, WARM)
     assert _at(s, 0) == 0.0
     assert _at(s, WARM // 2) == pytest.approx(PEAK / 2)
     assert _at(s, WARM) == pytest.approx(PEAK)
@@ -37,24 +39,24 @@ def test_schedule_shapes(kind, mid, end):
 
 
 def test_wsd_decays_over_last_steps():
-    s = optim.make_schedule("wsd", PEAK, TOTAL, WARM)  # default: last 20% = 200 steps
+    s = schedules.make_schedule("wsd", PEAK, TOTAL, WARM)  # default: last 20% = 200 steps
     assert _at(s, 800) == pytest.approx(PEAK)
     assert _at(s, 900) == pytest.approx(PEAK * 0.55, rel=1e-5)
-    s = optim.make_schedule("wsd", PEAK, TOTAL, WARM, min_lr_ratio=0.0, decay_steps=100)
+    s = schedules.make_schedule("wsd", PEAK, TOTAL, WARM, min_lr_ratio=0.0, decay_steps=100)
     assert _at(s, 900) == pytest.approx(PEAK) and _at(s, 950) == pytest.approx(PEAK / 2) and _at(s, TOTAL) == 0.0
 
 
 def test_schedule_errors_and_no_warmup():
     with pytest.raises(ValueError, match="'cosine', 'linear', 'constant', 'wsd'"):
-        optim.make_schedule("exp", PEAK, TOTAL, WARM)
+        schedules.make_schedule("exp", PEAK, TOTAL, WARM)
     with pytest.raises(ValueError, match="warmup_steps"):
-        optim.make_schedule("cosine", PEAK, 10, 20)
+        schedules.make_schedule("cosine", PEAK, 10, 20)
     with pytest.raises(ValueError, match="decay_steps"):
-        optim.make_schedule("cosine", PEAK, TOTAL, WARM, decay_steps=10)
-    assert _at(optim.make_schedule("cosine", PEAK, TOTAL, 0), 0) == pytest.approx(PEAK)
-    for kind in optim.SCHEDULES:  # total_steps=0 (evaluation-only runs) still builds
-        assert np.isfinite(_at(optim.make_schedule(kind, PEAK, 0, 0), 0))
-    assert optim.learning_rate_at(3e-4, 7) == 3e-4
+        schedules.make_schedule("cosine", PEAK, TOTAL, WARM, decay_steps=10)
+    assert _at(schedules.make_schedule("cosine", PEAK, TOTAL, 0), 0) == pytest.approx(PEAK)
+    for kind in schedules.SCHEDULES:  # total_steps=0 (evaluation-only runs) still builds
+        assert np.isfinite(_at(schedules.make_schedule(kind, PEAK, 0, 0), 0))
+    assert schedules.learning_rate_at(3e-4, 7) == 3e-4
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def test_gradient_accumulation_matches_big_batch(boxed):
     grad_fn = jax.jit(jax.grad(_loss))
     # eps well above fp noise: the key bias gets an exactly-zero gradient (softmax is shift invariant),
     # and with a tiny eps Adam would blow its ~1e-13 rounding noise up to +-lr in both runs differently.
-    kw = dict(lr=optim.make_schedule("cosine", 1e-2, 10, 0), eps=1e-3, grad_clip=0.5)
+    kw = dict(lr=schedules.make_schedule("cosine", 1e-2, 10, 0), eps=1e-3, grad_clip=0.5)
     big = _run(optim.make_optimizer(**kw), params, list(ids), grad_fn)
     micro = [ids[s, m * b:(m + 1) * b] for s in range(2) for m in range(k)]
     acc = _run(optim.make_optimizer(**kw, accum_steps=k), params, micro, grad_fn)

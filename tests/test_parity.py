@@ -12,8 +12,8 @@ import pytest
 import torch  # the `test` extra installs it: a missing reference must fail, not skip
 import transformers
 
-from gpt2_jax import convert
-from gpt2_jax.model import GPT2
+from gpt2_jax.model.gpt2 import GPT2
+from gpt2_jax.weights import huggingface as convert
 
 VOCAB, B, T = 101, 3, 32
 

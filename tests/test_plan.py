@@ -5,7 +5,8 @@ import pathlib
 import subprocess
 import sys
 
-from gpt2_jax import model as model_lib, plan
+from gpt2_jax.jobs import plan
+from gpt2_jax.model import gpt2 as model_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from gpt2_jax import config as config_lib, distributed, sharding
+from gpt2_jax import config as config_lib
+from gpt2_jax.parallel import distributed, sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,10 @@ import time
 
 import numpy as np
 import pytest
+from test_data import _text_corpus as _corpus
+from test_data import make_fake_sdist
 
 from gpt2_jax.data import shakespeare, sources, tokenizers, tokens
-from test_data import _text_corpus as _corpus, make_fake_sdist
 
 BYTE = tokenizers.ByteTokenizer()
 

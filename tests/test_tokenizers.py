@@ -17,10 +17,11 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext import openai_public
 
-from gpt2_jax import cli, experiment
 from gpt2_jax import config as config_lib
+from gpt2_jax.cli import app as cli
 from gpt2_jax.data import sources, spm
 from gpt2_jax.data import tokenizers as tk
+from gpt2_jax.jobs import pretrain
 
 VARIED = ("Hello world! It's 2024: naïve café, Straße, \u4e2d\u6587, emoji 🙂🎉.\n\n"
           "  Indented\tline with  double  spaces,\r\nCRLF, 'quotes' and \"more\" — dashes… 1234567.\n")
@@ -373,4 +374,4 @@ def test_vocab_larger_than_model_is_a_config_error(spm_models, tmp_path):
         f"data.tokenizer=sentencepiece:{spm_tok.path}", f"data.source=text:{tmp_path}/doc.txt",
         f"data.data_dir={tmp_path}/data", "model.vocab_size=512", "train.progress=False"])
     with pytest.raises(config_lib.ConfigError, match=r"model.vocab_size: 512 is smaller than .* 1000; unset it"):
-        experiment.build(cfg)
+        pretrain.build(cfg)

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from gpt2_jax import model as model_lib
-from gpt2_jax import train
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.train import steps as train
 
 
 def _setup(accum_lr=1e-2, opt=None, **overrides):

@@ -10,10 +10,13 @@ import pathlib
 import jax
 import numpy as np
 
-from gpt2_jax import checkpoint as ckpt
-from gpt2_jax import config as config_lib, experiment, metrics, train
-from gpt2_jax import model as model_lib
+from gpt2_jax import config as config_lib
+from gpt2_jax.checkpoint import manager as ckpt
 from gpt2_jax.data import tokenizers
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.optim import optimizers
+from gpt2_jax.train import metrics
+from gpt2_jax.train import steps as train
 
 VERSE = ("Shall I compare thee to a summer's day? Thou art more lovely and more temperate: "
          "Rough winds do shake the darling buds of May, and summer's lease hath all too short a date.\n")
@@ -27,7 +30,7 @@ def make_run(run_dir: pathlib.Path, steps: int = 30, save_at: tuple[int, ...] = 
     config_lib.validate(cfg)
     tokenizer = tokenizers.ByteTokenizer()
     model = model_lib.GPT2(config_lib.model_config(cfg, tokenizer.vocab_size))
-    schedule, optimizer = experiment.optimizer_from_config(cfg)
+    schedule, optimizer = optimizers.optimizer_from_config(cfg)
     state = train.init_state(model, optimizer, jax.random.key(0), cfg.data.seq_len)
     step_fn = jax.jit(train.make_train_step(model, optimizer, schedule))
     ids = np.array(tokenizer.encode(VERSE * 20), np.int32)

@@ -1,0 +1,118 @@
+"""`gpt2-jax bench ckpt`: what asynchronous checkpointing costs the step loop.
+
+Two numbers: the blocking time of one save of a preset's full train state (params + AdamW
+moments + step + rng, fp32) — the time `checkpoint.save` holds the loop — and the mean step
+time of a training loop that saves every N steps against the same loop that never saves
+(interleaved rounds, so a busy machine slows both alike).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from gpt2_jax.checkpoint import manager as ckpt
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.optim import optimizers as optim
+from gpt2_jax.optim import schedules
+from gpt2_jax.parallel import sharding
+from gpt2_jax.train import steps as train
+
+
+def _steps_for(cfg: model_lib.GPT2Config, seq_len: int) -> train.Steps:
+    schedule = schedules.make_schedule("constant", 1e-4, 10, 0)
+    mesh = sharding.make_mesh(sharding.MeshSpec(ici=(1, 1, 1)), jax.devices()[:1])
+    return train.make_steps(model_lib.GPT2(cfg), optim.make_optimizer(lr=schedule), schedule, mesh,
+                            sharding.logical_rules("fsdp+tp"), 0, seq_len)
+
+
+def time_blocking_save(preset: str, saves: int = 2) -> dict[str, Any]:
+    """Blocking and total seconds of `saves` async saves of preset's full fp32 AdamW train state."""
+    cfg = model_lib.config_from_preset(preset)
+    state = _steps_for(cfg, 1).init()
+    jax.block_until_ready(state)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    blocking, total = [], []
+    with tempfile.TemporaryDirectory() as run_dir:
+        manager = ckpt.make_manager(run_dir, max_to_keep=1, keep_best=0)
+        for step in range(1, saves + 1):
+            t0 = time.perf_counter()
+            ckpt.save(manager, step, state, {}, {})
+            blocking.append(time.perf_counter() - t0)
+            ckpt.finish(manager)
+            total.append(time.perf_counter() - t0)
+        manager.close()
+    return {"preset": preset, "params": model_lib.count_params(state.params), "state_bytes": state_bytes,
+            "blocking_s": blocking, "total_s": total}
+
+
+def _loop_seconds(steps: train.Steps, state, batch, n: int, manager, every: int) -> tuple[Any, float, list[float]]:
+    """(state, seconds per step, seconds each save call held the loop)."""
+    t0 = time.perf_counter()
+    start, held = int(state.step), []
+    for i in range(n):
+        state, metrics = steps.train(state, batch)
+        float(metrics["loss"])  # the training loop reads every step's loss
+        if manager is not None and (start + i + 1) % every == 0:
+            t = time.perf_counter()
+            ckpt.save(manager, start + i + 1, state, {}, {})
+            held.append(time.perf_counter() - t)
+    if manager is not None:
+        manager.wait_until_finished()  # a save still running belongs to this loop's cost
+    return state, (time.perf_counter() - t0) / n, held
+
+
+def time_save_overhead(preset: str, batch_size: int, seq_len: int, steps: int, every: int,
+                       vocab_size: int, rounds: int) -> dict[str, Any]:
+    """Mean step time of `steps` steps saving every `every` steps vs not saving, over interleaved rounds."""
+    cfg = model_lib.config_from_preset(preset, vocab_size=vocab_size)
+    train_steps = _steps_for(cfg, seq_len)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, vocab_size, (1, batch_size, seq_len + 1)).astype(np.int32)
+    state = train_steps.init()
+    times: dict[str, list[float]] = {"no_save": [], "save": []}
+    held: list[float] = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        manager = ckpt.make_manager(run_dir, max_to_keep=3, keep_best=0)
+        state, _, _ = _loop_seconds(train_steps, state, batch, every, manager, every)  # compile + first save
+        for _ in range(rounds):
+            state, t, _ = _loop_seconds(train_steps, state, batch, steps, None, every)
+            times["no_save"].append(t)
+            state, t, h = _loop_seconds(train_steps, state, batch, steps, manager, every)
+            times["save"].append(t)
+            held += h
+        manager.close()
+    no_save, save = float(np.median(times["no_save"])), float(np.median(times["save"]))
+    return {"preset": preset, "batch_size": batch_size, "seq_len": seq_len, "steps": steps, "every": every,
+            "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)), "step_s": times,
+            "no_save_step_s": no_save, "save_step_s": save, "overhead": save / no_save - 1.0,
+            "save_held_s": held, "held_share": sum(held) / (save * steps * rounds)}
+
+
+def bench_ckpt(preset: str = "tiny", batch_size: int = 16, seq_len: int = 128, steps: int = 40, every: int = 10,
+               vocab_size: int = 257, rounds: int = 2, save_preset: str = "gpt2") -> dict[str, Any]:
+    """Both measurements, with the device they ran on."""
+    return {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+            "blocking_save": time_blocking_save(save_preset),
+            "overhead": time_save_overhead(preset, batch_size, seq_len, steps, every, vocab_size, rounds)}
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    b, o = r["blocking_save"], r["overhead"]
+    return "\n".join([
+        f"device: {r['device']} x{r['devices']}",
+        f"save of the {b['preset']} train state ({b['params']:,} params + AdamW, {b['state_bytes'] / 2**30:.2f} GiB): "
+        f"blocking {', '.join(f'{t:.2f}' for t in b['blocking_s'])} s; "
+        f"until written {', '.join(f'{t:.2f}' for t in b['total_s'])} s",
+        f"{o['preset']} B={o['batch_size']} T={o['seq_len']}, {o['steps']} steps per round: "
+        f"{o['no_save_step_s'] * 1e3:.1f} ms/step without saving, {o['save_step_s'] * 1e3:.1f} ms/step saving every "
+        f"{o['every']} steps ({o['overhead'] * 100:+.1f}%; rounds "
+        f"{', '.join(f'{a * 1e3:.1f}/{b_ * 1e3:.1f}' for a, b_ in zip(o['step_s']['no_save'], o['step_s']['save']))})",
+        f"each save held the loop for {np.median(o['save_held_s']) * 1e3:.1f} ms (median of {len(o['save_held_s'])}; "
+        f"max {max(o['save_held_s']) * 1e3:.1f}), {o['held_share'] * 100:.2f}% of the saving rounds' time",
+    ])

@@ -1,0 +1,47 @@
+"""`gpt2-jax`: the parser built from each command module's flags, and the dispatch.
+
+The only module that reads the process environment: it hands `os.environ` to the command it runs
+as `env`, and turns the library's errors into one `gpt2-jax: error:` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gpt2_jax.cli import bench, common, data, evaluate, plan, sample, train, weights
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argparse parser of `gpt2-jax` (overrides --config.* are collected separately)."""
+    p = argparse.ArgumentParser(prog="gpt2-jax", description="GPT-2 in JAX/Flax: train, sample, bench.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    train.add_parser(sub)
+    sample.add_parser(sub)
+    bench.add_parser(sub)
+    data.add_parsers(sub)
+    weights.add_parsers(sub)
+    evaluate.add_parsers(sub)
+    plan.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gpt2-jax` console script."""
+    args, extra = make_parser().parse_known_args(argv)
+    env = os.environ
+    common.add_gpu_xla_flags(env)  # before JAX starts a backend
+    try:
+        return args.handler(args, common.split_overrides(extra), env)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split())
+        print(f"gpt2-jax: error: {msg}", file=sys.stderr)
+        return 1 if type(e).__name__ == "TrainingDiverged" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Decoding with a KV cache: prefill + while_loop sampling, beam search, streaming, buckets
+(`decode`), and transformers-compatible logits processors (`processors`).
+
+May import model/, data/, parallel/, optim/."""

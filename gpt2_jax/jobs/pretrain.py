@@ -1,0 +1,85 @@
+"""The `gpt2-jax train` job: an experiment config -> tokenizer, prepared splits, model and optimizer
+-> the training loop -> held-out results, a checkpoint and a sample, reported line by line."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+from ml_collections import config_dict
+
+from gpt2_jax import config as config_lib
+from gpt2_jax.data import tokenizers
+from gpt2_jax.data import tokens as tokens_lib
+from gpt2_jax.generate import decode as generate
+from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.optim import optimizers
+from gpt2_jax.parallel import distributed
+from gpt2_jax.train import loop
+
+
+def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> loop.Components:
+    """Tokenizer, prepared token splits, model, schedule and optimizer for cfg."""
+    d = cfg.data
+    data_dir = str(pathlib.Path(d.data_dir).expanduser())
+    tokenizer = tokenizers.make_tokenizer(d.tokenizer)
+    mcfg = config_lib.model_config(cfg, tokenizer.vocab_size)
+    if mcfg.vocab_size < tokenizer.vocab_size:  # checked before any tokenizing
+        raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
+                                     f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
+    splits = {}
+    roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
+    if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
+        for _, name in roles:
+            tokens_lib.prepare_split(d.source, name, tokenizer, data_dir, show_progress=cfg.train.progress,
+                                     text_field=d.text_field, workers=d.prepare_workers or tokens_lib.cpu_count())
+    distributed.sync("data prepared")
+    for role, name in roles:
+        splits[role] = tokens_lib.load_split(tokens_lib.split_dir(d.source, name, tokenizer, data_dir), tokenizer)
+    schedule, optimizer = optimizers.optimizer_from_config(cfg)
+    return loop.Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits)
+
+
+def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+                seed: int = 0) -> str:
+    """Decode a continuation of prompt (the prompt itself is not included)."""
+    ids = c.tokenizer.encode(prompt)
+    room = c.model.cfg.n_positions - len(ids)
+    new = generate.sample(c.model, params, ids, min(max_new_tokens, max(room, 0)), jax.random.key(seed),
+                          temperature=temperature, top_k=top_k, eos_id=c.tokenizer.eos_id)
+    return c.tokenizer.decode(new)
+
+
+def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[str, Any]:
+    """Train a validated config end to end, saying what happens through `say` (every process calls
+    this; pass a silent `say` on all but process 0). Returns the held-out results."""
+    t0 = time.perf_counter()
+    comps = build(cfg)
+    mcfg = comps.model.cfg
+    n = model_lib.count_params(model_lib.param_shapes(mcfg))
+    say(f"model: {mcfg.n_layer} layers x {mcfg.n_embd} wide x {mcfg.n_head} heads, {n:,} params, "
+        f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
+    for role, split in comps.splits.items():
+        h = split.header
+        say(f"data {role}: {cfg.data.source}:{h.get('split')} {h['num_tokens']:,} tokens, "
+            f"{h['num_bytes']:,} bytes, {h['num_documents']} documents", flush=True)
+    out = loop.fit(comps, echo=say)
+    r = out["results"]
+    say(f"validation: loss {r['val_loss']:.4f} nats/token, ppl {r['val_ppl']:.3f}, "
+        f"bits/byte {r['val_bpb']:.4f}", flush=True)
+    if "test_loss" in r:
+        say(f"test (held out): loss {r['test_loss']:.4f} nats/token, ppl {r['test_ppl']:.3f}, "
+            f"bits/byte {r['test_bpb']:.4f}", flush=True)
+    run_dir = os.path.abspath(cfg.train.run_dir)
+    say(f"checkpoint: {run_dir}/checkpoints/{r['step']}; loss curve: {run_dir}/loss.png", flush=True)
+    if cfg.train.sample_tokens > 0:
+        params = distributed.to_host(out["state"].params)  # collective: gathers shards other processes hold
+        if distributed.is_primary():
+            text = sample_text(comps, params, cfg.train.sample_prompt, cfg.train.sample_tokens,
+                               cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)
+            say(f"sample:\n{cfg.train.sample_prompt}{text}", flush=True)
+    say(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return r

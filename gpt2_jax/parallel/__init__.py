@@ -1,0 +1,4 @@
+"""Devices: the mesh and logical-axis sharding rules (`sharding`), multi-process start-up and
+collectives (`distributed`), and jax.profiler trace windows (`profiling`).
+
+Imports nothing else of gpt2_jax."""
