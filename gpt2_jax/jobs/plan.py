@@ -21,7 +21,7 @@ from gpt2_jax import config as config_lib
 from gpt2_jax.data import tokenizers
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.parallel import sharding
-from gpt2_jax.train import loop as experiment
+from gpt2_jax.optim import optimizers
 from gpt2_jax.train import steps as train
 
 GIB = 1024**3
@@ -31,7 +31,7 @@ def plan_memory(cfg: config_dict.ConfigDict, devices=None) -> dict[str, Any]:
     """Per-device bytes of params, optimizer state, batch and activations for cfg's train step."""
     vocab = tokenizers.make_tokenizer(cfg.data.tokenizer).vocab_size
     model = model_lib.GPT2(config_lib.model_config(cfg, vocab))
-    schedule, optimizer = experiment.optimizer_from_config(cfg)
+    schedule, optimizer = optimizers.optimizer_from_config(cfg)
     mesh = sharding.make_mesh(sharding.MeshSpec.from_config(cfg.mesh), devices)
     rules = sharding.logical_rules(cfg.mesh.rules)
     sharding.check_layout(mesh.shape, rules, model.cfg.n_head, model.cfg.n_embd, {"data.batch_size": cfg.data.batch_size})
