@@ -114,9 +114,7 @@ def logit_lens_grid(ins: forward.Inspection, max_positions: int = 48) -> Figure:
 def _cmap(name: str):
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad("lightgray")  # the last position has no true next token
-    return cmap
+    return matplotlib.colormaps[name].with_extremes(bad="lightgray")  # the last position has no next token
 
 
 def embedding_scatter(proj: embeddings_lib.Projection) -> Figure:
