@@ -89,6 +89,20 @@ def test_last_lens_layer_entropy_topk_and_loss_equal_the_logits(inspection, hf_o
     assert not np.allclose(inspection.lens_true_prob[0, :-1], true_next, atol=1e-3)
 
 
+def test_a_prefix_inspects_as_the_start_of_the_whole(inspection, converted, ids):  # noqa: F811
+    """Texts are padded to a few compiled lengths: 9 tokens (padded to 16) read exactly as the first 9 of 24 (32)."""
+    cfg, params = converted
+    model = model_lib.GPT2(dataclasses.replace(cfg, attention=model_lib.attention.resolve_implementation(
+        "auto", "float32")))
+    short = forward.inspect_ids(model, params, ids[:9], _Tokenizer(), top_k=5)
+    first = {"attention": np.s_[:, :, :9, :9], "residual": np.s_[:, :9], "entropy": np.s_[:9],
+             "top_probs": np.s_[:9], "lens_top_probs": np.s_[:, :9]}
+    for name, part in first.items():
+        np.testing.assert_allclose(getattr(short, name), getattr(inspection, name)[part], atol=2e-6, err_msg=name)
+    np.testing.assert_allclose(short.loss[:8], inspection.loss[:8], atol=2e-6)
+    assert np.isnan(short.loss[8]) and not np.isnan(inspection.loss[8])
+
+
 def test_to_dict_is_json_with_nulls(inspection):
     import json
 

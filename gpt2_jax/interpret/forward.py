@@ -173,14 +173,20 @@ def _next_token_stats(logits, targets, has_next, vocab_size: int, top_k: int) ->
             "loss": jnp.where(has_next, -true_logp, jnp.nan)}
 
 
+def bucket_length(length: int, context: int) -> int:
+    """Compiled length for `length` tokens: the next power of two (at least 16), at most the context.
+    Attention is causal, so tokens padded after the text change nothing before them."""
+    return min(context, max(16, 1 << (length - 1).bit_length()))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "top_k"))
-def _forward(model: model_lib.GPT2, params, ids, *, top_k: int) -> dict:
+def _forward(model: model_lib.GPT2, params, ids, length, *, top_k: int) -> dict:
     logits, state = model.apply({"params": params}, ids[None], mutable=[model_lib.INTERMEDIATES])
     sown = state[model_lib.INTERMEDIATES]
-    t, vocab = ids.shape[0], model.cfg.vocab_size
-    targets = jnp.roll(ids, -1)  # position t predicts ids[t + 1]; the last one has no target
-    has_next = jnp.arange(t) < t - 1
-    stats = functools.partial(_next_token_stats, targets=targets, has_next=has_next, vocab_size=vocab, top_k=top_k)
+    targets = jnp.roll(ids, -1)  # position t predicts ids[t + 1]; the text's last one has no target
+    has_next = jnp.arange(ids.shape[0]) < length - 1
+    stats = functools.partial(_next_token_stats, targets=targets, has_next=has_next, vocab_size=model.cfg.vocab_size,
+                              top_k=top_k)
     residual = jnp.stack([r[0] for r in sown["residual"]])
     # One layer's (T, vocab) logits at a time: the lens never holds all layers' logits at once.
     lens = jax.lax.map(lambda r: stats(model.apply({"params": params}, r, method=_lens_logits)), residual)
@@ -190,14 +196,20 @@ def _forward(model: model_lib.GPT2, params, ids, *, top_k: int) -> dict:
 
 def inspect_ids(model: model_lib.GPT2, params, ids: np.ndarray, tokenizer, *, top_k: int = 5,
                 truncated_from: int | None = None) -> Inspection:
-    """The Inspection of one token sequence (T,) with T <= the model's context, params on any devices."""
-    vocab = model.cfg.vocab_size
+    """The Inspection of one token sequence (T,) with T <= the model's context, params on any devices.
+
+    The forward runs on the ids padded to bucket_length, so texts of many lengths share a few
+    compiled shapes; everything is cut back to the T real positions."""
+    vocab, t = model.cfg.vocab_size, len(ids)
     if not 1 <= top_k <= vocab:
         raise ValueError(f"top_k={top_k} must be between 1 and the vocabulary size {vocab}")
-    out = jax.device_get(_forward(model, params, jnp.asarray(ids, jnp.int32), top_k=top_k))
+    padded = np.zeros(bucket_length(t, model.cfg.n_positions), np.int32)
+    padded[:t] = ids
+    out = jax.device_get(_forward(model, params, jnp.asarray(padded), jnp.int32(t), top_k=top_k))
     final, lens = out["final"], out["lens"]
     return Inspection(
-        ids=np.asarray(ids), tokens=[token_label(tokenizer, int(i)) for i in ids], attention=out["attention"],
-        residual=out["residual"], entropy=final["entropy"], top_ids=final["top_ids"], top_probs=final["top_probs"],
-        lens_top_ids=lens["top_ids"], lens_top_probs=lens["top_probs"], lens_true_prob=lens["true_prob"],
-        loss=final["loss"], tokenizer=tokenizer, truncated_from=truncated_from)
+        ids=np.asarray(ids), tokens=[token_label(tokenizer, int(i)) for i in ids],
+        attention=out["attention"][:, :, :t, :t], residual=out["residual"][:, :t], entropy=final["entropy"][:t],
+        top_ids=final["top_ids"][:t], top_probs=final["top_probs"][:t], lens_top_ids=lens["top_ids"][:, :t],
+        lens_top_probs=lens["top_probs"][:, :t], lens_true_prob=lens["true_prob"][:, :t], loss=final["loss"][:t],
+        tokenizer=tokenizer, truncated_from=truncated_from)
