@@ -50,7 +50,7 @@ def nearest_tokens(table: np.ndarray, query_ids: Sequence[int], k: int = 10) -> 
     return [[(int(j), float(sims[r, j])) for j in row] for r, row in enumerate(order)]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Projection:
     """Chosen tokens' embeddings on their first two principal components."""
 

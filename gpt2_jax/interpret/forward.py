@@ -46,7 +46,7 @@ def check_index(kind: str, index: int, size: int) -> int:
     return index
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare fields yourself
 class Inspection:
     """What one forward pass over T tokens shows (numpy arrays; a position indexes the input).
 
@@ -70,8 +70,13 @@ class Inspection:
     lens_top_probs: np.ndarray
     lens_true_prob: np.ndarray
     loss: np.ndarray
-    tokenizer: Any = dataclasses.field(repr=False, compare=False, default=None)
+    tokenizer: Any = dataclasses.field(repr=False, default=None)
     truncated_from: int | None = None
+
+    def __repr__(self) -> str:
+        cut = f", cut from {self.truncated_from}" if self.truncated_from is not None else ""
+        return (f"Inspection({len(self.tokens)} tokens{cut}; {self.n_layer} layers x {self.n_head} heads, "
+                f"width {self.residual.shape[-1]}, top {self.top_ids.shape[-1]})")
 
     @property
     def n_layer(self) -> int:
