@@ -1,5 +1,5 @@
 """`load()` a trained run or an export for notebooks and scripts, onto whatever devices exist:
-params, config, tokenizer, generate, logits, perplexity, summary; `load_weights()` reads the
+params, config, tokenizer, generate, logits, perplexity, inspect, embeddings, summary; `load_weights()` reads the
 weights of a run, a Hugging Face or an OpenAI GPT-2 directory alike."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from gpt2_jax.checkpoint import export as export_lib
 from gpt2_jax.data import tokenizers
 from gpt2_jax.evaluate import scoring as evaluate
 from gpt2_jax.generate import decode as generate
+from gpt2_jax.interpret import embeddings as embeddings_lib
+from gpt2_jax.interpret import forward as interpret
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.parallel import sharding
 from gpt2_jax.weights import huggingface, openai
@@ -145,6 +147,35 @@ class LoadedModel:
             self._scorers[batch_size] = evaluate.TokenScorer(self.model, self.params, batch_size)
         return evaluate.evaluate_texts(self.model, self.params, texts, self.tokenizer, context=context, stride=stride,
                                        detokenizer=detokenizer, scorer=self._scorers[batch_size])
+
+    def inspect(self, text_or_ids, *, top_k: int = 5, prepend_eos: bool = True,
+                truncate: bool = False) -> interpret.Inspection:
+        """Look inside one forward pass (interpret/forward.py): attention per layer and head, the
+        residual stream, next-token entropy and top-k, the logit lens and per-token loss.
+
+        A text gets EOS in front (prepend_eos) so its first token is predicted too; token ids are
+        taken as they are. Input longer than the context is an error, or with truncate=True is cut
+        to its first n_positions tokens (`truncated_from` then holds its length).
+        """
+        ids, cut = interpret.encode(self.tokenizer, text_or_ids, self.model.cfg.n_positions,
+                                    prepend_eos=prepend_eos, truncate=truncate)
+        return interpret.inspect_ids(self.model, self.params, ids, self.tokenizer, top_k=top_k, truncated_from=cut)
+
+    def nearest_tokens(self, tokens, k: int = 10) -> dict[str, list[tuple[str, float]]]:
+        """For each token (an id, or a string that encodes to one token), the k tokens nearest to it
+        by cosine similarity of their embeddings: {label: [(label, cosine), ...]}."""
+        ids = embeddings_lib.token_ids(self.tokenizer, [tokens] if isinstance(tokens, (str, int)) else tokens)
+        found = embeddings_lib.nearest_tokens(self._embeddings, ids, k)
+        label = functools.partial(interpret.token_label, self.tokenizer)
+        return {label(q): [(label(i), s) for i, s in row] for q, row in zip(ids, found)}
+
+    def embedding_pca(self, tokens) -> embeddings_lib.Projection:
+        """The chosen tokens' embeddings (ids or one-token strings) on their first two principal components."""
+        return embeddings_lib.project(self._embeddings, self.tokenizer, tokens)
+
+    @functools.cached_property
+    def _embeddings(self):
+        return embeddings_lib.embedding_table(self.params, self.model.cfg.vocab_size)
 
     def summary(self) -> str:
         """One paragraph: parameter count, dtype, devices, step and the run's metrics at that step."""

@@ -14,7 +14,7 @@ import transformers
 
 from gpt2_jax.data import tokenizers
 from gpt2_jax.evaluate import datasets as eval_sets
-from gpt2_jax.evaluate import detokenize, lambada, tables
+from gpt2_jax.evaluate import continuations, detokenize, lambada, tables
 from gpt2_jax.evaluate import scoring as evaluate
 from gpt2_jax.model.gpt2 import GPT2, GPT2Config
 from gpt2_jax.weights import huggingface as convert
@@ -41,19 +41,19 @@ def ours(hf_model):
     return GPT2(cfg), params
 
 
-def _hf_reference_nll(hf_model, ids: np.ndarray, context: int, stride: int) -> np.ndarray:
-    """Per-target NLL by transformers: windows of `context` inputs every `stride` tokens, each scoring
-    the targets not scored before; the last window is aligned to the end of the text."""
+def _hf_reference_logp(hf_model, ids: np.ndarray, context: int, stride: int) -> np.ndarray:
+    """Per-target next-token log-probabilities (targets x vocab) by transformers: windows of `context`
+    inputs every `stride` tokens, each scoring the targets not scored before; the last window is
+    aligned to the end of the text."""
     n_targets = len(ids) - 1
-    out = np.full(n_targets, np.nan)
+    out = np.full((n_targets, hf_model.config.vocab_size), np.nan)
     begin, scored = 0, 0
     while scored < n_targets:
         begin = min(begin, n_targets - context)
         window = torch.from_numpy(ids[begin:begin + context + 1].astype(np.int64))[None]
         with torch.no_grad():
-            logp = torch.log_softmax(hf_model(window[:, :-1]).logits.double(), -1)[0]
-        nll = -logp.gather(-1, window[0, 1:, None])[:, 0].numpy()
-        out[scored:begin + context] = nll[scored - begin:]
+            logp = torch.log_softmax(hf_model(window[:, :-1]).logits.double(), -1)[0].numpy()
+        out[scored:begin + context] = logp[scored - begin:]
         scored, begin = begin + context, begin + stride
     return out
 
@@ -76,12 +76,17 @@ def test_per_token_nll_matches_transformers(hf_model, ours, stride):
     [ids] = evaluate.encode_documents([TEXT], tok)
     scorer = evaluate.TokenScorer(model, params, batch_size=4)
     [nll] = evaluate.document_nlls(scorer, [ids], CONTEXT, stride)
-    ref = _hf_reference_nll(hf_model, ids, CONTEXT, stride)
+    logp = _hf_reference_logp(hf_model, ids, CONTEXT, stride)
+    ref = -logp[np.arange(len(ids) - 1), ids[1:]]
     assert len(nll) == len(TEXT.encode()) and not np.isnan(ref).any()
     np.testing.assert_allclose(nll, ref, rtol=1e-4, atol=1e-6)
     out = evaluate.evaluate_texts(model, params, [TEXT], tok, context=CONTEXT, stride=stride, scorer=scorer)
     assert out["tokens"] == len(ref)
     assert out["ppl"] == pytest.approx(math.exp(ref.mean()), rel=1e-4)
+    top1 = np.count_nonzero(logp.argmax(-1) == ids[1:])
+    top5 = np.count_nonzero((np.argsort(-logp, axis=-1)[:, :5] == ids[1:, None]).any(-1))
+    assert out["top1"] == top1 / len(ref) and out["top5"] == top5 / len(ref)
+    assert 0 < top1 < top5 < len(ref)  # neither count is trivially 0 or everything
 
 
 def test_uniform_model_units_follow_from_counts():
@@ -184,6 +189,45 @@ def test_table_formats_and_paper_values(tmp_path):
     assert open(paths["png"], "rb").read(4) == b"\x89PNG"
 
 
+def test_passages_lie_inside_documents_evenly_spread():
+    docs = [np.arange(100, 130), np.arange(5), np.arange(200, 260)]  # the middle one is too short for a passage
+    picked = continuations.passages(docs, 6, prompt_tokens=4, new_tokens=3)
+    assert [p.document for p in picked] == [0, 0, 2, 2, 2, 2]
+    for p in picked:
+        assert p.prompt + p.reference == docs[p.document][p.start:p.start + 7].tolist() and len(p.reference) == 3
+    assert picked == continuations.passages(docs, 6, 4, 3)  # deterministic
+    starts = [p.start + (0 if p.document == 0 else 24) for p in picked]  # offsets among the 24 + 54 places
+    assert np.diff(starts).min() >= 12
+    with pytest.raises(ValueError, match="room for 78 passages of 7 tokens"):
+        continuations.passages(docs, 79, 4, 3)
+
+
+def test_bleu_and_chrf_are_sacrebleus_on_aligned_pairs():
+    import sacrebleu
+
+    refs = ["the cat sat on the mat", "a dog ran in the park today", "it rained all day long"]
+    hyps = ["the cat sat on a mat", "a dog ran in a park", "it rained all day"]
+    out = continuations.overlap_scores(hyps, refs)
+    assert out["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score and out["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert out["bleu_signature"].startswith("nrefs:1|case:mixed") and "version:2.6.0" in out["chrf_signature"]
+    assert continuations.overlap_scores(refs, refs)["bleu"] == pytest.approx(100.0)
+    shifted = continuations.overlap_scores(hyps[1:] + hyps[:1], refs)  # hypotheses paired with the wrong references
+    assert shifted["bleu"] < out["bleu"] and shifted["chrf"] < out["chrf"]
+    with pytest.raises(ValueError, match="2 hypotheses for 3 references"):
+        continuations.overlap_scores(hyps[:2], refs)
+
+
+def test_table_has_accuracy_and_generation_columns_only_when_scored():
+    lm = {"task": "lm", "source": "text:w", "split": "test", "protocol": "p", "ppl": 20.0, "word_ppl": 30.0,
+          "bpb": 1.1, "bpc": 1.2, "top1": 0.25, "top5": 0.5}
+    table = tables.build([{"model": "a", "size": None, "results": {"w": {**lm, "bleu": 3.5, "chrf": 20.0}}},
+                          {"model": "b", "size": None, "results": {"w": lm}}])
+    assert table["columns"] == ["w/ppl", "w/word_ppl", "w/bpb", "w/bpc", "w/top1", "w/top5", "w/bleu", "w/chrf"]
+    assert table["rows"][0]["values"]["w/top1"] == 25.0 and "w/bleu" not in table["rows"][1]["values"]
+    assert "| w top-1 acc % | w top-5 acc % | w BLEU | w chrF |" in tables.to_markdown(table)
+    assert "| b | 20 | 30 | 1.1 | 1.2 | 25 | 50 | - | - |" in tables.to_markdown(table)
+
+
 def test_eval_and_table_commands_on_a_run(tmp_path, capsys):
     from gpt2_jax import api
     from gpt2_jax.cli import app as cli
@@ -204,16 +248,23 @@ def test_eval_and_table_commands_on_a_run(tmp_path, capsys):
     data = [f"docs={source}", f"lambada=text:{tmp_path}/lam.txt"]
     out = tmp_path / "m.json"
     assert cli.main(["eval", "--run", run, "--data", *data, "--context", "32", "--stride", "16", "--quiet",
-                     "--json", str(out)]) == 0
+                     "--json", str(out), "--generate", "3", "--generate-prompt", "12", "--generate-tokens", "8"]) == 0
     got = json.loads(out.read_text())
     m = api.load(run)
     direct = evaluate.evaluate_texts(m.model, m.params, list(docs.values()), m.tokenizer, context=32, stride=16)
     assert got["docs"]["ppl"] == pytest.approx(direct["ppl"], rel=1e-6) and got["lambada"]["passages"] == 2
-    assert "docs: token ppl" in capsys.readouterr().out
+    assert got["docs"]["top1"] == direct["top1"] and got["docs"]["top5"] == direct["top5"]
+    printed = capsys.readouterr().out
+    assert "docs: token ppl" in printed and "top-5" in printed and "BLEU" in printed and "version:2.6.0" in printed
+    assert got["docs"]["generated"] == 3 and "bleu" not in got["lambada"]
+    for ex in got["docs"]["examples"]:  # each reference is what follows its prompt; each hypothesis is greedy
+        assert ex["prompt"] + ex["reference"] in TEXT and len(ex["prompt"].encode()) == 12
+        assert ex["generated"] == m.generate(ex["prompt"], 8, temperature=0).text
     assert cli.main(["table", "--runs", run, run, "--names", "x", "y", "--data", *data, "--out", str(tmp_path / "t"),
                      "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| x |" in printed and "| y |" in printed and (tmp_path / "t" / "table.png").is_file()
+    assert "docs top-1 acc %" in printed and "BLEU" not in printed  # no --generate: no BLEU column
     assert cli.main(["eval", "--run", run, "--data", "cbt_cn=text:x"]) == 2
     assert "CBT" in capsys.readouterr().err
 

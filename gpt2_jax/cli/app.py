@@ -10,12 +10,12 @@ import argparse
 import os
 import sys
 
-from gpt2_jax.cli import bench, common, data, evaluate, plan, sample, train, weights
+from gpt2_jax.cli import bench, common, data, evaluate, inspect, plan, sample, train, weights
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The argparse parser of `gpt2-jax` (overrides --config.* are collected separately)."""
-    p = argparse.ArgumentParser(prog="gpt2-jax", description="GPT-2 in JAX/Flax: train, sample, bench.")
+    p = argparse.ArgumentParser(prog="gpt2-jax", description="GPT-2 in JAX/Flax: train, sample, inspect, bench.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
@@ -24,6 +24,7 @@ def make_parser() -> argparse.ArgumentParser:
     data.add_parsers(sub)
     weights.add_parsers(sub)
     evaluate.add_parsers(sub)
+    inspect.add_parser(sub)
     plan.add_parser(sub)
     return p
 

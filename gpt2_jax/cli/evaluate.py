@@ -23,9 +23,28 @@ def _evaluate_runs(args, paths: list[str]) -> list[tuple[object, dict]]:
         w = api.load_weights(path, step=args.step)
         results = eval_sets.evaluate_weights(w, sets, os.path.expanduser(args.data_dir), context=args.context,
                                              stride=args.stride, batch_size=args.batch_size, progress=not args.quiet)
+        if args.generate:
+            _add_continuation_scores(args, w, sets, results)
         out.append((w.config, results))
         del w  # before the next model loads
     return out
+
+
+def _add_continuation_scores(args, weights, sets, results: dict) -> None:
+    """BLEU/chrF of --generate N greedy continuations per language-modelling set, into its results."""
+    from gpt2_jax.evaluate import datasets as eval_sets
+    from gpt2_jax.jobs import continuations
+
+    for s in sets:
+        if s.task != "lm":
+            continue  # LAMBADA already scores the greedy last word
+        texts = eval_sets.read_texts(s, os.path.expanduser(args.data_dir))
+        scores = continuations.score_continuations(weights, texts, args.generate, prompt_tokens=args.generate_prompt,
+                                                   new_tokens=args.generate_tokens, detokenizer=s.detokenizer,
+                                                   batch_size=args.batch_size)
+        res = results[s.name]
+        res["protocol"] += "; " + scores.pop("generate_protocol")
+        res.update(scores)
 
 
 def run_eval(args, overrides: list[str], env) -> int:
@@ -38,8 +57,11 @@ def run_eval(args, overrides: list[str], env) -> int:
                   f"ppl {r['ppl_token']:.3f} (last token); {r['passages']} passages", flush=True)
         else:
             print(f"{name}: token ppl {r['ppl']:.4f}, word ppl {r['word_ppl']:.4f}, bits/byte {r['bpb']:.4f}, "
-                  f"bits/char {r['bpc']:.4f} ({r['tokens']:,.0f} tokens, {r['words']:,} words; {r['protocol']})",
-                  flush=True)
+                  f"bits/char {r['bpc']:.4f}, top-1 {100 * r['top1']:.2f}%, top-5 {100 * r['top5']:.2f}% "
+                  f"({r['tokens']:,.0f} tokens, {r['words']:,} words; {r['protocol']})", flush=True)
+            if "bleu" in r:
+                print(f"{name}: BLEU {r['bleu']:.2f} ({r['bleu_signature']}), chrF {r['chrf']:.2f} "
+                      f"({r['chrf_signature']}) over {r['generated']} greedy continuations", flush=True)
     common.write_json(args.json, results)
     return 0
 
@@ -84,4 +106,8 @@ def add_parsers(sub) -> None:
         e.add_argument("--stride", type=int, help="window advance (default: the context, i.e. no overlap)")
         e.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
         e.add_argument("--quiet", action="store_true", help="no progress bars")
+        e.add_argument("--generate", type=int, default=0, metavar="N",
+                       help="also BLEU and chrF (sacrebleu) of N greedy continuations of held-out passages")
+        e.add_argument("--generate-prompt", type=int, default=64, help="prompt tokens of each --generate passage")
+        e.add_argument("--generate-tokens", type=int, default=32, help="tokens generated (and compared) per passage")
         e.set_defaults(handler=run_eval if name == "eval" else run_table)

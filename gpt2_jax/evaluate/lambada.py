@@ -55,7 +55,7 @@ def evaluate_lambada(model: model_lib.GPT2, params, passages: Sequence[str], tok
         for r, i in enumerate(members):
             ids = rows[i][0]
             inputs[r, :len(ids) - 1], targets[r, :len(ids) - 1] = ids[:-1], ids[1:]
-        nll, hit = scorer.score_rows(inputs, targets, desc=f"lambada ({len(members)} passages of {length})")
+        nll, hit, _ = scorer.score_rows(inputs, targets, desc=f"lambada ({len(members)} passages of {length})")
         for r, i in enumerate(members):
             end, n_word = len(rows[i][0]) - 1, rows[i][1]
             word_nll[i], word_hit[i] = nll[r, end - n_word:end].sum(), hit[r, end - n_word:end].all()

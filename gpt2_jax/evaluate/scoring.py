@@ -10,7 +10,9 @@ Protocol of `evaluate_texts` (the one `gpt2-jax eval` and `gpt2-jax table` repor
   gives its tokens more context rather than less;
 * token perplexity = exp(NLL / scored tokens); word perplexity = exp(NLL / whitespace-separated
   words of the original text) as in the GPT-2 paper and lm-evaluation-harness; bits per byte /
-  per character = NLL / ln 2 / UTF-8 bytes / characters of the original text.
+  per character = NLL / ln 2 / UTF-8 bytes / characters of the original text; top-1 / top-5
+  accuracy = the fraction of scored tokens that are the argmax / among the 5 highest logits of
+  the real vocabulary.
 
 `evaluate_split` (used during training) scores a prepared token split in non-overlapping windows.
 """
@@ -141,22 +143,24 @@ class TokenScorer:
         self.params = jax.device_put(params, params_sharding)
         step = jax.jit(functools.partial(_score_step, model),
                        in_shardings=(params_sharding, self.batch_sharding, self.batch_sharding),
-                       out_shardings=(self.batch_sharding, self.batch_sharding))
+                       out_shardings=(self.batch_sharding,) * 3)
         self._step = sharding.with_mesh(step, self.mesh, self.rules)
 
-    def score_rows(self, inputs: np.ndarray, targets: np.ndarray, desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
-        """(NLL in nats, whether the target is the argmax) for every position of int rows (n, L)."""
+    def score_rows(self, inputs: np.ndarray, targets: np.ndarray,
+                   desc: str = "eval") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(NLL in nats, whether the target is the argmax, the target's rank: how many tokens have a
+        higher logit) for every position of int rows (n, L)."""
         n, length = inputs.shape
         b = self.batch_size
         shape = (b, length)
         rows = sharding.local_rows(self.batch_sharding, shape)
-        nll, hit = np.zeros((n, length), np.float32), np.zeros((n, length), bool)
+        outs = (np.zeros((n, length), np.float32), np.zeros((n, length), bool), np.zeros((n, length), np.int32))
         pending = []
 
-        def collect(first, out):
-            got_nll, got_hit = (_to_host(x) for x in out)
+        def collect(first, got):
             count = min(b, n - first)
-            nll[first:first + count], hit[first:first + count] = got_nll[:count], got_hit[:count]
+            for full, x in zip(outs, got):
+                full[first:first + count] = _to_host(x)[:count]
 
         for first in tqdm(range(0, n, b), desc=desc, disable=not self.progress, leave=False):
             batch = [np.zeros(shape, np.int32), np.zeros(shape, np.int32)]
@@ -168,14 +172,15 @@ class TokenScorer:
                 collect(*pending.pop(0))
         for item in pending:
             collect(*item)
-        return nll, hit
+        return outs
 
 
 def _score_step(model: model_lib.GPT2, params, inputs: jax.Array, targets: jax.Array):
     logits = model.apply({"params": params}, inputs)[..., : model.cfg.vocab_size].astype(jnp.float32)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
-    return nll, jnp.argmax(logits, axis=-1) == targets
+    rank = jnp.sum(logits > target_logit[..., None], axis=-1, dtype=jnp.int32)
+    return nll, jnp.argmax(logits, axis=-1) == targets, rank
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -184,9 +189,19 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def document_nlls(scorer: TokenScorer, documents: Sequence[np.ndarray], context: int, stride: int,
-                  desc: str = "eval") -> list[np.ndarray]:
-    """Per-target NLL of each token sequence (target i is document[i + 1]) by sliding windows."""
+@dataclasses.dataclass(frozen=True)
+class DocumentScores:
+    """Per target of each document (entry i scores document[i + 1]): NLL in nats, whether the
+    target was the argmax (top-1), and its rank among the vocabulary (top-5: rank < 5)."""
+
+    nll: list[np.ndarray]
+    hit: list[np.ndarray]
+    rank: list[np.ndarray]
+
+
+def document_scores(scorer: TokenScorer, documents: Sequence[np.ndarray], context: int, stride: int,
+                    desc: str = "eval") -> DocumentScores:
+    """DocumentScores of each token sequence by sliding windows (each target scored once)."""
     if context > scorer.model.cfg.n_positions:
         raise ValueError(f"context {context} exceeds the model's {scorer.model.cfg.n_positions} positions; "
                          f"lower --context")
@@ -195,16 +210,24 @@ def document_nlls(scorer: TokenScorer, documents: Sequence[np.ndarray], context:
         if len(ids) >= 2:
             for w in sliding_windows(len(ids), context, stride):
                 by_length.setdefault(bucket_length(w.length, context), []).append((d, w))
-    out = [np.zeros(max(len(ids) - 1, 0), np.float64) for ids in documents]
+    sizes = [max(len(ids) - 1, 0) for ids in documents]
+    out = DocumentScores(*([np.zeros(n, dtype) for n in sizes] for dtype in (np.float64, bool, np.int32)))
     for length, items in sorted(by_length.items()):
         inputs, targets = np.zeros((len(items), length), np.int32), np.zeros((len(items), length), np.int32)
         for r, (d, w) in enumerate(items):
             seg = documents[d][w.start:w.start + w.length + 1]
             inputs[r, :w.length], targets[r, :w.length] = seg[:-1], seg[1:]
-        nll, _ = scorer.score_rows(inputs, targets, desc=f"{desc} ({len(items)} windows of {length})")
+        got = scorer.score_rows(inputs, targets, desc=f"{desc} ({len(items)} windows of {length})")
         for r, (d, w) in enumerate(items):
-            out[d][w.start + w.first_scored:w.start + w.length] = nll[r, w.first_scored:w.length]
+            for per_doc, x in zip((out.nll, out.hit, out.rank), got):
+                per_doc[d][w.start + w.first_scored:w.start + w.length] = x[r, w.first_scored:w.length]
     return out
+
+
+def document_nlls(scorer: TokenScorer, documents: Sequence[np.ndarray], context: int, stride: int,
+                  desc: str = "eval") -> list[np.ndarray]:
+    """Per-target NLL of each token sequence (target i is document[i + 1]) by sliding windows."""
+    return document_scores(scorer, documents, context, stride, desc).nll
 
 
 def token_nlls(model: model_lib.GPT2, params, ids: Sequence[int], *, context: int | None = None,
@@ -268,7 +291,8 @@ def evaluate_texts(model: model_lib.GPT2, params, texts: Sequence[str], tokenize
                    prepend_eos: bool = True, scorer: TokenScorer | None = None, progress: bool = False,
                    desc: str = "eval") -> dict:
     """NLL of `texts` by sliding windows (module doc) and its metrics: loss (nats/token), ppl,
-    word_ppl, bpb, bpc, with the counts they divide by and the protocol line.
+    word_ppl, bpb, bpc, next-token top-1 / top-5 accuracy (fractions of the scored tokens), with
+    the counts they divide by and the protocol line.
 
     Defaults: context = the model's positions, stride = context. A scorer built once can be
     passed to reuse its compiled shapes across calls.
@@ -280,10 +304,12 @@ def evaluate_texts(model: model_lib.GPT2, params, texts: Sequence[str], tokenize
     context, stride = resolve_context(model, context, stride)
     scorer = scorer or TokenScorer(model, params, batch_size, progress=progress)
     documents = encode_documents(texts, tokenizer, detokenizer, prepend_eos)
-    nlls = document_nlls(scorer, documents, context, stride, desc)
-    num_tokens = sum(len(x) for x in nlls)
+    scores = document_scores(scorer, documents, context, stride, desc)
+    num_tokens = sum(len(x) for x in scores.nll)
     if num_tokens == 0:
         raise ValueError("the texts encode to no scorable tokens; pass longer texts")
-    out = text_metrics(float(sum(x.sum() for x in nlls)), num_tokens, text_counts(texts))
-    out.update(context=context, stride=stride, protocol=protocol(context, stride, detokenizer, prepend_eos))
+    out = text_metrics(float(sum(x.sum() for x in scores.nll)), num_tokens, text_counts(texts))
+    out.update(top1=sum(int(x.sum()) for x in scores.hit) / num_tokens,
+               top5=sum(int((x < 5).sum()) for x in scores.rank) / num_tokens,
+               context=context, stride=stride, protocol=protocol(context, stride, detokenizer, prepend_eos))
     return out

@@ -28,10 +28,13 @@ PAPER_TABLE3: dict[str, dict[tuple[str, str], float]] = {
 }
 # (n_layer, n_embd) of the released GPT-2 checkpoints (vocab 50257) -> the paper's size label.
 PAPER_SIZES = {(12, 768): "117M", (24, 1024): "345M", (36, 1280): "762M", (48, 1600): "1542M"}
-METRICS = {"lm": ("ppl", "word_ppl", "bpb", "bpc"), "lambada": ("acc", "ppl", "acc_token", "ppl_token")}
+# Columns per task, in this order, for the metrics a result has (bleu/chrf only with --generate).
+METRICS = {"lm": ("ppl", "word_ppl", "bpb", "bpc", "top1", "top5", "bleu", "chrf"),
+           "lambada": ("acc", "ppl", "acc_token", "ppl_token")}
 METRIC_LABELS = {"ppl": "token ppl", "word_ppl": "word ppl", "bpb": "bits/byte", "bpc": "bits/char",
-                 "acc": "acc % (word)", "acc_token": "acc % (last token)", "ppl_token": "ppl (last token)"}
-PERCENT = ("acc", "acc_token")  # stored as fractions, shown (and referenced) in percent
+                 "acc": "acc % (word)", "acc_token": "acc % (last token)", "ppl_token": "ppl (last token)",
+                 "top1": "top-1 acc %", "top5": "top-5 acc %", "bleu": "BLEU", "chrf": "chrF"}
+PERCENT = ("acc", "acc_token", "top1", "top5")  # stored as fractions, shown (and referenced) in percent
 
 
 def paper_size(n_layer: int, n_embd: int, vocab_size: int) -> str | None:
@@ -52,7 +55,7 @@ def build(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if res["protocol"] not in protocols.setdefault(name, []):  # models of different contexts differ here
                 protocols[name].append(res["protocol"])
             for metric in METRICS[res["task"]]:
-                if (name, metric) not in columns:
+                if metric in res and (name, metric) not in columns:
                     columns.append((name, metric))
     out_rows = []
     for row in rows:

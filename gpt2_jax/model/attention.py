@@ -106,6 +106,16 @@ def causal_attention(q, k, v, mask=None, implementation: str = "auto"):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
 
 
+def causal_probs(q, k, mask=None):
+    """Softmax attention probabilities (B, N, T, T) in fp32 of (B, T, N, H) q and k, causal, under an
+    optional (B, 1, T, T) mask: what every implementation multiplies v by, written out."""
+    t = q.shape[1]
+    scores = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+    if mask is None:
+        mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
+    return jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1)
+
+
 def cached_attention(q, k_cache, v_cache, mask):
     """Attention of new queries q (B, T, N, H) over a KV cache laid out (B, N, S, H), under mask
     (B, 1, T, S). The cache layout keeps the batched matmuls free of transposes of the whole cache."""

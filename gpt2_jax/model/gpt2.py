@@ -91,6 +91,17 @@ def _layer_norm(cfg: GPT2Config, name: str) -> nn.LayerNorm:
     )
 
 
+# Inspection (gpt2_jax/interpret) reads what the model sows into this collection.
+INTERMEDIATES = "intermediates"
+
+
+def sow(module: nn.Module, name: str, value_fn) -> None:
+    """Store value_fn() under `name` in the intermediates collection, only when the caller applies
+    the model with that collection mutable: otherwise nothing is computed or traced."""
+    if module.is_mutable_collection(INTERMEDIATES):
+        module.sow(INTERMEDIATES, name, value_fn())
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused (D, 3, H, hd) qkv kernel."""
 
@@ -120,6 +131,7 @@ class CausalSelfAttention(nn.Module):
             y = attention.cached_attention(q, kv[0].astype(dtype), kv[1].astype(dtype), mask)
             y = jnp.einsum("bthk,hkd->btd", y, w_out.astype(dtype)) + b_out.astype(dtype)
             return y, kv
+        sow(self, "attention", lambda: attention.causal_probs(q, k, mask))
         if cfg.attn_dropout > 0 and not deterministic:
             y = self._attention_with_dropout(q, k, v, mask)
         else:
@@ -129,12 +141,7 @@ class CausalSelfAttention(nn.Module):
 
     def _attention_with_dropout(self, q, k, v, mask):
         """Explicit softmax attention: jax.nn.dot_product_attention has no dropout."""
-        t = q.shape[1]
-        scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-        if mask is None:
-            mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        probs = attention.causal_probs(q, k, mask).astype(q.dtype)
         probs = nn.Dropout(self.cfg.attn_dropout)(probs, deterministic=False)
         return jnp.einsum("bhqs,bshk->bqhk", probs, v)
 
@@ -207,6 +214,9 @@ class GPT2(nn.Module):
     def hidden(self, tokens, positions=None, attention_mask=None, deterministic: bool = True):
         """Final hidden states (B, T, D) after ln_f.
 
+        Applied with `mutable=[INTERMEDIATES]`, it also sows the residual stream before the first
+        block and after every block ("residual") and each layer's attention probabilities ("attention").
+
         positions: (B, T) int, default 0..T-1 (give them for left-padded batches).
         attention_mask: (B, T) bool/int, 1 where a token may be attended to.
         """
@@ -220,8 +230,10 @@ class GPT2(nn.Module):
         if attention_mask is not None:
             causal = jnp.tril(jnp.ones((t, t), bool))
             mask = causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
+        sow(self, "residual", lambda: x)  # entry 0: the embeddings; entry i: after block i - 1
         for block in self.blocks:
             x = block(x, mask, deterministic)
+            sow(self, "residual", lambda: x)
         return self.ln_f(x)
 
     def decode(self, tokens, positions, key_valid, cache, index, last_only: bool = True):
