@@ -87,11 +87,13 @@ class LoadedModel:
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 100, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  num_samples: int = 1, num_beams: int = 1, length_penalty: float = 1.0, stop: Sequence[str] = (),
-                 seed: int = 0, return_logprobs: bool = False, truncate: str = "error"):
+                 seed: int = 0, return_logprobs: bool = False, truncate: str = "slide"):
         """Continue one prompt (returns a Completion, or a list of num_samples) or a list of prompts
         (returns a list with one entry per prompt). temperature 0 is greedy; num_beams > 1 is beam
         search (its completions are the best beams). Generation ends at EOS, and the text at the
         first of the `stop` strings (not included). The prompt is not repeated in the output.
+        Past the model's context the window slides (truncate='slide'; 'error' refuses, 'left' cuts
+        the prompt); beam search stays within one context.
         """
         single = isinstance(prompts, str)
         texts = [prompts] if single else list(prompts)
@@ -115,7 +117,7 @@ class LoadedModel:
 
     def stream(self, prompt: str, max_new_tokens: int = 100, *, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
-               seed: int = 0, truncate: str = "error") -> Iterator[str]:
+               seed: int = 0, truncate: str = "slide") -> Iterator[str]:
         """Yield the continuation's text piece by piece as tokens are decoded (never a broken character)."""
         ids = generate.stream(self.model, self.params, self.tokenizer.encode(prompt), max_new_tokens, seed,
                               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

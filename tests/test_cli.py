@@ -94,6 +94,12 @@ def test_sample_command_and_load(trained, capsys):
     assert len(greedy.tokens) <= 12 and m.tokenizer.decode(greedy.tokens) == greedy.text
     assert m.perplexity(VERSE[:100])["ppl"] < 20
     assert "params" in m.summary()
+    # README's command: the default 200 new tokens outrun the 128-token context, so the window slides
+    assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "ROMEO:", "--temperature", "0.8",
+                     "--top-k", "40"]) == 0
+    out = capsys.readouterr().out
+    c = m.generate("ROMEO:", max_new_tokens=200, temperature=0.8, top_k=40)
+    assert out == "ROMEO:" + c.text + "\n" and (len(c.tokens) == 200 or c.finished)
     assert cli.main(["sample", "--run", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -102,8 +108,13 @@ def test_prompt_longer_than_context_is_one_line(trained, capsys):
     tmp_path, _, _ = trained
     assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 200, "--max-new-tokens", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == ("gpt2-jax: error: prompt 0 is 200 tokens; with max_new_tokens=5 the 128-token context leaves "
-                   "room for 123; shorten it, lower max_new_tokens, or pass truncate='left' (--truncate left)")
+    assert err == ("gpt2-jax: error: prompt 0 is 200 tokens; the model's 128-token context holds at most 127 with "
+                   "one new token; shorten it, or pass truncate='left' (--truncate left) with max_new_tokens below 128")
+    assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 100, "--max-new-tokens", "50",
+                     "--truncate", "error"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("gpt2-jax: error: prompt 0 is 100 tokens; with max_new_tokens=50 the 128-token context leaves "
+                   "room for 78; shorten it, lower max_new_tokens, or pass truncate='left' (--truncate left)")
     assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 200, "--max-new-tokens", "5",
                      "--truncate", "left", "--top-p", "0.9"]) == 0
     assert capsys.readouterr().out.startswith("x" * 200)

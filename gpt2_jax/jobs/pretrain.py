@@ -46,9 +46,8 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> l
 def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
                 seed: int = 0) -> str:
     """Decode a continuation of prompt (the prompt itself is not included)."""
-    ids = c.tokenizer.encode(prompt)
-    room = c.model.cfg.n_positions - len(ids)
-    new = generate.sample(c.model, params, ids, min(max_new_tokens, max(room, 0)), jax.random.key(seed),
+    ids = c.tokenizer.encode(prompt)[-(c.model.cfg.n_positions - 1):]  # never fail a finished run over its prompt
+    new = generate.sample(c.model, params, ids, max_new_tokens, jax.random.key(seed),
                           temperature=temperature, top_k=top_k, eos_id=c.tokenizer.eos_id)
     return c.tokenizer.decode(new)
 
