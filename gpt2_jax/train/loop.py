@@ -173,7 +173,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 save(done)
                 ckpt.finish(manager)
                 shown.line(f"stopped by {stop['signal'] or 'another process'} at step {done}; checkpoint saved in "
-                     f"{manager.directory}; run the same command again to resume")
+                           f"{manager.directory}; run the same command again to resume")
                 # A preempted job (SIGTERM) ends cleanly so its scheduler does not count a failure; Ctrl-C keeps 130.
                 raise SystemExit(130 if stop["signal"] == "SIGINT" else 0)
         log.flush()
