@@ -232,17 +232,22 @@ def test_sliding_past_the_context_keeps_the_first_window_and_matches_an_uncached
     model, params = tiny
     ctx, prompt = model.cfg.n_positions, [5, 6, 7]
     first = ctx - len(prompt)
-    long = generate.generate(model, params, [prompt], 300, temperature=0).tokens[0]
-    assert len(long) == 300 > ctx
+    long = generate.generate(model, params, [prompt], 200, temperature=0).tokens[0]  # 3 windows after the first
+    assert len(long) == 200 > ctx
     assert long[:first] == generate.generate(model, params, [prompt], first, temperature=0, truncate="error").tokens[0]
-    assert long == _uncached_sliding_greedy(model, params, prompt, 300)
-    sampled = generate.generate(model, params, [prompt, list(range(10, 30))], 200, rng=3, temperature=0.9, top_k=20)
-    window_one = generate.generate(model, params, [prompt, list(range(10, 30))], ctx - 20, rng=3, temperature=0.9,
-                                   top_k=20, truncate="error")
-    assert [len(t) for t in sampled.tokens] == [200, 200] and sampled.finished == [False, False]
+    assert long == _uncached_sliding_greedy(model, params, prompt, 200)
+
+
+def test_sampling_past_the_context_keeps_each_rows_first_window_and_streams_the_same(tiny):
+    model, params = tiny
+    ctx, prompt = model.cfg.n_positions, [5, 6, 7]
+    kw = dict(rng=3, temperature=0.9, top_k=20)
+    sampled = generate.generate(model, params, [prompt, list(range(10, 30))], 170, **kw)
+    window_one = generate.generate(model, params, [prompt, list(range(10, 30))], ctx - 20, truncate="error", **kw)
+    assert [len(t) for t in sampled.tokens] == [170, 170] and sampled.finished == [False, False]
     assert [t[:ctx - 20] for t in sampled.tokens] == window_one.tokens
-    streamed = list(generate.stream(model, params, prompt, 200, rng=3, temperature=0.9, top_k=20))
-    assert streamed == generate.generate(model, params, [prompt], 200, rng=3, temperature=0.9, top_k=20).tokens[0]
+    streamed = list(generate.stream(model, params, prompt, 170, **kw))
+    assert streamed == generate.generate(model, params, [prompt], 170, **kw).tokens[0]
 
 
 def test_sliding_stops_at_a_stop_token_in_a_later_window(tiny):

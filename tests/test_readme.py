@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from markdown_it import MarkdownIt
@@ -158,7 +159,7 @@ def _bash(command: str, work: pathlib.Path, env: dict) -> subprocess.CompletedPr
     return subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=900)
 
 
-def _run_shell(content: str, line: int, work: pathlib.Path, env: dict, used: set) -> None:
+def _run_shell(content: str, line: int, work: pathlib.Path, env: dict, used: set, times: list) -> None:
     for command in shell_commands(content):
         command = INSTALL.sub("", command)  # this test runs in the venv that line makes (.ci/run makes it)
         if (excluded := _prefixed(command, EXCLUDED)) is not None:
@@ -169,7 +170,9 @@ def _run_shell(content: str, line: int, work: pathlib.Path, env: dict, used: set
             command = _dry_run(command)
         elif _trains(command):
             command = _tiny(command, work)
+        t0 = time.perf_counter()
         proc = _bash(command, work, env)
+        times.append((time.perf_counter() - t0, line, command))
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"README line {line}: {command}\n{output[-3000:]}"
         if command.startswith("gpt2-jax"):  # the default output, into a pipe: no bars, no third-party chatter
@@ -190,12 +193,14 @@ def _run_transcript(content: str, line: int, work: pathlib.Path, env: dict) -> N
 def test_every_readme_block_runs_as_written(checkout, monkeypatch):
     work, env = checkout
     monkeypatch.chdir(work)
-    namespace, used, kinds = {"__name__": "readme"}, set(), []
+    namespace, used, kinds, times = {"__name__": "readme"}, set(), [], []
     for info, content, line in fences():
         if info == "bash":
-            _run_shell(content, line, work, env, used)
+            _run_shell(content, line, work, env, used, times)
         elif info == "python":
+            t0 = time.perf_counter()
             exec(compile(content, f"README.md:{line}", "exec"), namespace)  # noqa: S102  README's own code
+            times.append((time.perf_counter() - t0, line, "python block"))
             if "get_config" in namespace:
                 config_lib.validate(namespace.pop("get_config")())  # the experiment file README shows
         elif info == "" and content.startswith("$ "):
@@ -204,6 +209,9 @@ def test_every_readme_block_runs_as_written(checkout, monkeypatch):
             assert info == "", f"README line {line}: a ```{info} block this test does not know how to run"
             info = "output"
         kinds.append(info)
+    print("slowest README commands (pytest -s shows this):")  # where to look when this test grows
+    for seconds, line, command in sorted(times, reverse=True)[:10]:
+        print(f"{seconds:6.1f} s  line {line}: {command[:100]}")
     assert used == set(EXCLUDED) | set(DRY_RUN), f"stale entries: {set(EXCLUDED) | set(DRY_RUN) - used}"
     assert kinds.count("bash") >= 15 and kinds.count("python") == 3 and "" in kinds
     assert (work / "runs" / "tuned" / "results.json").is_file() and (work / "tables" / "table.md").is_file()
