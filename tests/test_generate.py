@@ -184,6 +184,8 @@ def test_bad_inputs_are_one_line_errors(tiny):
         generate.generate(model, params, [[1]], 128, truncate="error")
     with pytest.raises(ValueError, match="prompt 0 is 128 tokens; the model's 128-token context holds at most 127"):
         generate.generate(model, params, [[1] * 128], 5)  # sliding needs room for one new token
+    with pytest.raises(ValueError, match=r"128-token context \(beam search decodes within one context\); ask for"):
+        generate.beam_search(model, params, [[1]], 200, 2)
     with pytest.raises(ValueError, match="truncate='middle' is not one of slide, error, left"):
         generate.generate(model, params, [[1]], 5, truncate="middle")
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):

@@ -162,14 +162,16 @@ def generate(model: model_lib.GPT2, params, prompts: Sequence[Sequence[int]], ma
 
     n = window.first_window(rows, max_new_tokens, context)
     out, logprobs, done, rng = decode(rows, n, bucket(n), rng, np.zeros(len(rows), bool))
-    outs, lps, sequences, step = [out], [logprobs], [r + o for r, o in zip(rows, out.tolist())], window.slide_step(context)
-    while sum(o.shape[1] for o in outs) < max_new_tokens and not done.all():  # slide: re-prefill the last tokens
-        n = min(step, max_new_tokens - sum(o.shape[1] for o in outs))
-        out, logprobs, done, rng = decode(window.next_prompts(sequences, context), n, bucket(step), rng, done)
+    outs, lps, sequences = [out], [logprobs], [r + o for r, o in zip(rows, out.tolist())]
+    made, step = out.shape[1], window.slide_step(context)
+    while made < max_new_tokens and not done.all():  # the window slides: re-prefill each row's last tokens
+        out, logprobs, done, rng = decode(window.next_prompts(sequences, context), min(step, max_new_tokens - made),
+                                          bucket(step), rng, done)
         outs, lps = outs + [out], lps + [logprobs]
         sequences = [s + o for s, o in zip(sequences, out.tolist())]
+        made += out.shape[1]
     out = np.concatenate(outs, 1)
-    return _collect(out, np.concatenate(lps, 1) if return_logprobs else None, done, out.shape[1], stops)
+    return _collect(out, np.concatenate(lps, 1) if return_logprobs else None, done, made, stops)
 
 
 def _start(eos_id: int | None) -> list[int]:
@@ -267,9 +269,7 @@ def beam_search(model: model_lib.GPT2, params, prompts: Sequence[Sequence[int]],
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     prompts = [list(p) if len(p) else _start(eos_id) for p in prompts]
-    # beams decode within one context: 'slide' checks the lengths as 'error' does
-    prompts = window.check_lengths(prompts, max_new_tokens, model.cfg.n_positions,
-                                   "error" if truncate == "slide" else truncate)
+    prompts = window.check_lengths(prompts, max_new_tokens, model.cfg.n_positions, truncate, can_slide=False)
     tokens, pad = left_pad([p for p in prompts for _ in range(num_beams)], bucket(max(map(len, prompts))))
     with sharding.mesh_context(mesh, rules):
         seqs, scores = _beam_loop(model, params, tokens, pad, jnp.int32(max_new_tokens),

@@ -31,13 +31,14 @@ def next_prompts(sequences: Sequence[Sequence[int]], context: int) -> list[list[
 
 
 def check_lengths(prompts: Sequence[Sequence[int]], max_new_tokens: int, context: int,
-                  truncate: str = "slide") -> list[list[int]]:
-    """Validated prompts (cut on the left when truncate='left'); one-line ValueErrors otherwise."""
+                  truncate: str = "slide", can_slide: bool = True) -> list[list[int]]:
+    """Validated prompts (cut on the left when truncate='left'); one-line ValueErrors otherwise.
+    can_slide=False (beam search) checks 'slide' as 'error': everything must fit one context."""
     if truncate not in TRUNCATE:
         raise ValueError(f"truncate={truncate!r} is not one of {', '.join(TRUNCATE)}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if truncate == "slide":
+    if truncate == "slide" and can_slide:
         for i, p in enumerate(prompts):
             if len(p) >= context:
                 raise ValueError(f"prompt {i} is {len(p)} tokens; the model's {context}-token context holds at "
@@ -45,9 +46,10 @@ def check_lengths(prompts: Sequence[Sequence[int]], max_new_tokens: int, context
                                  f"(--truncate left) with max_new_tokens below {context}")
         return [list(p) for p in prompts]
     if max_new_tokens >= context:
+        where = "" if can_slide else " (beam search decodes within one context)"
+        hint = ", or pass truncate='slide' (--truncate slide) to decode past the context" if can_slide else ""
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                         f"{context}-token context; ask for at most {context - 1}, or pass truncate='slide' "
-                         "(--truncate slide) to decode past the context")
+                         f"{context}-token context{where}; ask for at most {context - 1}{hint}")
     out = []
     for i, p in enumerate(prompts):
         room = context - max_new_tokens
