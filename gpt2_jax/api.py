@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import functools
+import json
 import pathlib
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from gpt2_jax import config as config_lib
+from gpt2_jax import verbosity
 from gpt2_jax.checkpoint import export as export_lib
 from gpt2_jax.data import tokenizers
 from gpt2_jax.evaluate import scoring as evaluate
@@ -84,16 +86,19 @@ class LoadedModel:
     meta: dict
     mesh: jax.sharding.Mesh | None = None  # where params live (None: one device)
     source: str = ""  # the run directory or export it came from
+    results: dict = dataclasses.field(default_factory=dict)  # the run's results.json when it is of this step
     _scorers: dict = dataclasses.field(default_factory=dict, repr=False)  # perplexity's, by batch size
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 100, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  num_samples: int = 1, num_beams: int = 1, length_penalty: float = 1.0, stop: Sequence[str] = (),
-                 seed: int = 0, return_logprobs: bool = False, truncate: str = "error"):
+                 seed: int = 0, return_logprobs: bool = False, truncate: str = "slide"):
         """Continue one prompt (returns a Completion, or a list of num_samples) or a list of prompts
         (returns a list with one entry per prompt). temperature 0 is greedy; num_beams > 1 is beam
         search (its completions are the best beams). Generation ends at EOS, and the text at the
         first of the `stop` strings (not included). The prompt is not repeated in the output.
+        Past the model's context the window slides (truncate='slide'; 'error' refuses, 'left' cuts
+        the prompt); beam search stays within one context.
         """
         single = isinstance(prompts, str)
         texts = [prompts] if single else list(prompts)
@@ -117,7 +122,7 @@ class LoadedModel:
 
     def stream(self, prompt: str, max_new_tokens: int = 100, *, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
-               seed: int = 0, truncate: str = "error") -> Iterator[str]:
+               seed: int = 0, truncate: str = "slide") -> Iterator[str]:
         """Yield the continuation's text piece by piece as tokens are decoded (never a broken character)."""
         ids = generate.stream(self.model, self.params, self.tokenizer.encode(prompt), max_new_tokens, seed,
                               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -178,15 +183,40 @@ class LoadedModel:
         return embeddings_lib.embedding_table(self.params, self.model.cfg.vocab_size)
 
     def summary(self) -> str:
-        """One paragraph: parameter count, dtype, devices, step and the run's metrics at that step."""
+        """One paragraph: parameter count, dtype, devices, step and the run's metrics at that step:
+        the final held-out results (every token) when the run has them for this step, else the
+        validation scored at the checkpoint (marked as an estimate when eval.max_batches cut it short)."""
         n = model_lib.count_params(self.params)
-        metrics = self.meta.get("metrics", {})
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         c = self.model.cfg
         mesh = sharding.describe(self.mesh) if self.mesh is not None else "1 device"
         return (f"GPT-2 {c.n_layer}L x {c.n_embd}d x {c.n_head}h, {n:,} params ({c.param_dtype}), "
                 f"vocab {c.vocab_size}, context {c.n_positions}; step {self.step} of {self.source}; "
-                f"mesh {mesh}; {shown or 'no metrics'}")
+                f"mesh {mesh}; {_metrics_line(self.results, self.meta.get('metrics', {}))}")
+
+
+def _metrics_line(results: dict, metrics: dict) -> str:
+    """The final results when there are some, else the checkpoint's validation metrics."""
+    if results:
+        return "held-out results, every token: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in results.items() if k.rsplit("_", 1)[-1] in ("loss", "ppl", "bpb"))
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                      if isinstance(v, float) and k not in ("val_complete", "val_tokens"))
+    if metrics.get("val_complete") == 0.0:
+        tokens = f" ({metrics['val_tokens']:,.0f} tokens)" if "val_tokens" in metrics else ""
+        return f"validation estimate on the first eval.max_batches batches{tokens}: {shown}"
+    return shown or "no metrics"
+
+
+def _final_results(src: export_lib.Source) -> dict:
+    """A run's results.json (scored on every held-out token at its last step) if `src` is that step."""
+    path = src.path / "results.json"
+    if src.kind != "run" or not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}  # a summary line is no reason to fail a load
+    return results if results.get("step") == src.step else {}
 
 
 def _mesh(devices) -> jax.sharding.Mesh:
@@ -207,7 +237,8 @@ def load(path: str | pathlib.Path, step: str | int = "latest", devices=None, dty
     over them FSDP-style (one device: whole). dtype: None keeps the saved dtype, else 'float32' |
     'bfloat16' | 'float16' for both params and compute. Works whatever mesh wrote the checkpoint.
     """
-    src = export_lib.open_source(path, step)
+    with verbosity.quiet_logs():  # Orbax's notices about read-only managers
+        src = export_lib.open_source(path, step)
     mcfg = src.model_config
     cfg = config_lib.from_dict(src.config)
     if dtype is not None:
@@ -220,10 +251,11 @@ def load(path: str | pathlib.Path, step: str | int = "latest", devices=None, dty
     boxed = jax.eval_shape(functools.partial(model_lib.init_params, mcfg, seq_len=1), jax.random.key(0))
     shardings = sharding.param_shardings(boxed, sharding.logical_rules("fsdp+tp"), mesh)
     abstract = sharding.abstract_on(model_lib.param_shapes(mcfg), shardings)
-    params = src.read_params(abstract)
+    with verbosity.quiet_logs():
+        params = src.read_params(abstract)
     tokenizer = tokenizers.from_spec(src.meta["tokenizer"])
     return LoadedModel(cfg, model, params, tokenizer, src.step, src.meta, mesh=mesh if mesh.size > 1 else None,
-                       source=str(src.path))
+                       source=str(src.path), results=_final_results(src))
 
 
 # --------------------------------------------------------------------------- any weights directory

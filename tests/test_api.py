@@ -1,6 +1,8 @@
 """gpt2_jax.load(): runs, step directories and exports, dtypes, devices, logits, perplexity, summary."""
 
+import json
 import math
+import shutil
 
 import jax
 import numpy as np
@@ -58,6 +60,21 @@ def test_steps_paths_and_summary(run):
     assert "val_loss=" in summary
     assert latest.logits([1, 2, 3]).shape == (1, 3, 257)
     assert not hasattr(latest, "opt_state") and set(latest.params) >= {"wte", "wpe", "h_0", "h_1"}
+
+
+def test_summary_shows_the_final_results_of_that_step_else_says_estimate(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    results = {"step": 30, "val_loss": 1.6771, "val_ppl": 5.35, "val_bpb": 2.4196, "val_tokens": 218305.0,
+               "val_complete": 1.0, "test_loss": 1.7109, "test_ppl": 5.534, "test_bpb": 2.4683}
+    (copy / "results.json").write_text(json.dumps(results))
+    summary = api.load(copy).summary()
+    assert summary.endswith("held-out results, every token: val_loss=1.677, val_ppl=5.35, val_bpb=2.42, "
+                            "test_loss=1.711, test_ppl=5.534, test_bpb=2.468")
+    assert "held-out" not in api.load(copy, step=10).summary()  # results.json is of step 30
+    estimate = {"val_loss": 1.8, "val_ppl": 6.05, "val_bpb": 2.6, "val_tokens": 32768.0, "val_complete": 0.0}
+    assert api._metrics_line({}, estimate) == ("validation estimate on the first eval.max_batches batches "
+                                               "(32,768 tokens): val_loss=1.8, val_ppl=6.05, val_bpb=2.6")
 
 
 def test_dtype_and_devices(run, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -40,14 +41,15 @@ def _args(tmp_path, source, steps, *extra):
 def trained(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("cli")
     source = _corpus(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "gpt2_jax.cli", *_args(tmp_path, source, 30)],
+    args = [a for a in _args(tmp_path, source, 30) if a != "--quiet"]  # the default output, into pipes
+    proc = subprocess.run([sys.executable, "-m", "gpt2_jax.cli", *args],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return tmp_path, source, proc.stdout
+    return tmp_path, source, proc.stdout, proc.stderr
 
 
 def test_train_reports_evaluates_checkpoints_and_samples(trained):
-    tmp_path, _, out = trained
+    tmp_path, _, out, _ = trained
     run = tmp_path / "run"
     assert "validation: loss" in out and "bits/byte" in out and "test (held out)" in out and "sample:" in out
     results = json.loads((run / "results.json").read_text())
@@ -66,8 +68,23 @@ def test_train_reports_evaluates_checkpoints_and_samples(trained):
     assert saved["train"]["steps"] == 30 and saved["model"]["preset"] == "nano"
 
 
+def test_train_output_without_a_terminal_is_plain_lines_one_per_evaluation(trained):
+    _, _, out, err = trained
+    assert err == ""  # no bars, no warnings: stderr is for errors
+    for noise in ("\x1b", "\r", "WARNING:absl", "Downloading and preparing", "Generating", "Shuffling", "it/s]"):
+        assert noise not in out, noise
+    evals = [l for l in out.splitlines() if " val loss " in l]
+    assert [l.split(":")[0] for l in evals] == ["step 10/30", "step 20/30", "step 30/30"]
+    number = r"\d+\.\d{4}"
+    for line in evals:
+        assert re.fullmatch(rf"step \d+/30: val loss {number}, bits/byte {number}, [\d,]+ tokens/s, "
+                            r"elapsed \d:\d\d:\d\d", line), line
+    progress = [l for l in out.splitlines() if re.fullmatch(r"step \d+/30: loss .* eta \d:\d\d:\d\d", l)]
+    assert [l.split(":")[0] for l in progress] == [f"step {s}/30" for s in (5, 10, 15, 20, 25, 30)]
+
+
 def test_resume_continues_from_the_last_checkpoint(trained, capsys):
-    tmp_path, source, _ = trained
+    tmp_path, source, _, _ = trained
     assert cli.main(_args(tmp_path, source, 40)) == 0
     out = capsys.readouterr().out
     assert "resumed from step 30" in out
@@ -76,14 +93,14 @@ def test_resume_continues_from_the_last_checkpoint(trained, capsys):
 
 
 def test_resume_refuses_a_different_model_shape(trained, capsys):
-    tmp_path, source, _ = trained
+    tmp_path, source, _, _ = trained
     assert cli.main(_args(tmp_path, source, 50, "--config.model.n_embd=32")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpt2-jax: error:") and "n_embd: 64 -> 32" in err and "\n" not in err
 
 
 def test_sample_command_and_load(trained, capsys):
-    tmp_path, _, _ = trained
+    tmp_path, _, _, _ = trained
     assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "Shall I", "--max-new-tokens", "12",
                      "--temperature", "0"]) == 0
     out = capsys.readouterr().out
@@ -94,16 +111,27 @@ def test_sample_command_and_load(trained, capsys):
     assert len(greedy.tokens) <= 12 and m.tokenizer.decode(greedy.tokens) == greedy.text
     assert m.perplexity(VERSE[:100])["ppl"] < 20
     assert "params" in m.summary()
+    # README's command: the default 200 new tokens outrun the 128-token context, so the window slides
+    assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "ROMEO:", "--temperature", "0.8",
+                     "--top-k", "40"]) == 0
+    out = capsys.readouterr().out
+    c = m.generate("ROMEO:", max_new_tokens=200, temperature=0.8, top_k=40)
+    assert out == "ROMEO:" + c.text + "\n" and (len(c.tokens) == 200 or c.finished)
     assert cli.main(["sample", "--run", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_prompt_longer_than_context_is_one_line(trained, capsys):
-    tmp_path, _, _ = trained
+    tmp_path, _, _, _ = trained
     assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 200, "--max-new-tokens", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == ("gpt2-jax: error: prompt 0 is 200 tokens; with max_new_tokens=5 the 128-token context leaves "
-                   "room for 123; shorten it, lower max_new_tokens, or pass truncate='left' (--truncate left)")
+    assert err == ("gpt2-jax: error: prompt 0 is 200 tokens; the model's 128-token context holds at most 127 with "
+                   "one new token; shorten it, or pass truncate='left' (--truncate left) with max_new_tokens below 128")
+    assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 100, "--max-new-tokens", "50",
+                     "--truncate", "error"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("gpt2-jax: error: prompt 0 is 100 tokens; with max_new_tokens=50 the 128-token context leaves "
+                   "room for 78; shorten it, lower max_new_tokens, or pass truncate='left' (--truncate left)")
     assert cli.main(["sample", "--run", str(tmp_path / "run"), "--prompt", "x" * 200, "--max-new-tokens", "5",
                      "--truncate", "left", "--top-p", "0.9"]) == 0
     assert capsys.readouterr().out.startswith("x" * 200)

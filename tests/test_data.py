@@ -307,6 +307,7 @@ def test_eval_batches_predict_every_token_once(n):
         assert np.array_equal(batch, np.concatenate([p[b][0] for p in parts]))
 
 
+@pytest.mark.slow
 def test_real_shakespeare_download_and_build(tmp_path):
     builder = shakespeare.Shakespeare(config="plays", data_dir=str(tmp_path))
     builder.download_and_prepare(file_format="array_record")

@@ -13,6 +13,7 @@ from gpt2_jax import api
 from gpt2_jax.data import tokenizers
 from gpt2_jax.generate import decode as generate
 from gpt2_jax.generate import processors as sampling
+from gpt2_jax.generate import window
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.train import steps as train
 from gpt2_jax.weights import huggingface as convert
@@ -177,10 +178,16 @@ def test_sampling_is_seeded_and_stop_tokens_end_rows(tiny):
 def test_bad_inputs_are_one_line_errors(tiny):
     model, params = tiny
     with pytest.raises(ValueError, match=r"prompt 0 is 120 tokens; with max_new_tokens=10 the 128-token context"):
-        generate.generate(model, params, [[1] * 120], 10)
+        generate.generate(model, params, [[1] * 120], 10, truncate="error")
     assert len(generate.generate(model, params, [[1] * 120], 10, temperature=0, truncate="left").tokens[0]) == 10
     with pytest.raises(ValueError, match="max_new_tokens=128 leaves no room for a prompt"):
-        generate.generate(model, params, [[1]], 128)
+        generate.generate(model, params, [[1]], 128, truncate="error")
+    with pytest.raises(ValueError, match="prompt 0 is 128 tokens; the model's 128-token context holds at most 127"):
+        generate.generate(model, params, [[1] * 128], 5)  # sliding needs room for one new token
+    with pytest.raises(ValueError, match=r"128-token context \(beam search decodes within one context\); ask for"):
+        generate.beam_search(model, params, [[1]], 200, 2)
+    with pytest.raises(ValueError, match="truncate='middle' is not one of slide, error, left"):
+        generate.generate(model, params, [[1]], 5, truncate="middle")
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
         generate.generate(model, params, [[1]], 5, top_p=0.0)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
@@ -206,3 +213,52 @@ def test_stream_equals_batch_decoding(tiny):
     model, params = tiny
     streamed = list(generate.stream(model, params, [5, 6, 7], 40, temperature=0))
     assert streamed == generate.generate(model, params, [[5, 6, 7]], 40, temperature=0).tokens[0]
+
+
+def _uncached_sliding_greedy(model, params, prompt, steps):
+    """Greedy decoding by a full forward pass per token over a window that, once the context is full,
+    restarts on the text's last context - slide_step tokens (nanoGPT's crop, moved in steps)."""
+    ctx = model.cfg.n_positions
+    keep = ctx - window.slide_step(ctx)
+    forward = jax.jit(lambda ids: model.apply({"params": params}, ids)[0])
+    seq, start = list(prompt), 0
+    for _ in range(steps):
+        if len(seq) - start == ctx:
+            start = len(seq) - keep
+        ids = seq[start:]
+        seq.append(int(jnp.argmax(forward(jnp.asarray([ids + [0] * (ctx - len(ids))]))[len(ids) - 1])))
+    return seq[len(prompt):]
+
+
+def test_sliding_past_the_context_keeps_the_first_window_and_matches_an_uncached_slide(tiny):
+    model, params = tiny
+    ctx, prompt = model.cfg.n_positions, [5, 6, 7]
+    first = ctx - len(prompt)
+    long = generate.generate(model, params, [prompt], 200, temperature=0).tokens[0]  # 3 windows after the first
+    assert len(long) == 200 > ctx
+    assert long[:first] == generate.generate(model, params, [prompt], first, temperature=0, truncate="error").tokens[0]
+    assert long == _uncached_sliding_greedy(model, params, prompt, 200)
+
+
+def test_sampling_past_the_context_keeps_each_rows_first_window_and_streams_the_same(tiny):
+    model, params = tiny
+    ctx, prompt = model.cfg.n_positions, [5, 6, 7]
+    kw = dict(rng=3, temperature=0.9, top_k=20)
+    sampled = generate.generate(model, params, [prompt, list(range(10, 30))], 170, **kw)
+    window_one = generate.generate(model, params, [prompt, list(range(10, 30))], ctx - 20, truncate="error", **kw)
+    assert [len(t) for t in sampled.tokens] == [170, 170] and sampled.finished == [False, False]
+    assert [t[:ctx - 20] for t in sampled.tokens] == window_one.tokens
+    streamed = list(generate.stream(model, params, prompt, 170, **kw))
+    assert streamed == generate.generate(model, params, [prompt], 170, **kw).tokens[0]
+
+
+def test_sliding_stops_at_a_stop_token_in_a_later_window(tiny):
+    model, params = tiny
+    kw = dict(rng=3, temperature=0.9, top_k=20, num_samples=2)
+    long = generate.generate(model, params, [[5, 6, 7]], 300, **kw).tokens
+    first = model.cfg.n_positions - 3
+    stop = max(set(long[0]), key=long[0].index)  # the token row 0 samples last for the first time
+    assert long[0].index(stop) > first
+    out = generate.generate(model, params, [[5, 6, 7]], 300, stop_ids=[stop], **kw)
+    assert out.tokens[0] == long[0][:long[0].index(stop)] and out.finished[0]
+    assert out.tokens[1] == (long[1][:long[1].index(stop)] if stop in long[1] else long[1])

@@ -10,13 +10,17 @@ import argparse
 import os
 import sys
 
+from gpt2_jax import verbosity
 from gpt2_jax.cli import bench, common, data, evaluate, inspect, plan, sample, train, weights
+
+VERBOSE_HELP = "show the libraries' own warnings, banners and progress bars (absl, Orbax, TFDS)"
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The argparse parser of `gpt2-jax` (overrides --config.* are collected separately)."""
     p = argparse.ArgumentParser(prog="gpt2-jax", description="GPT-2 in JAX/Flax: train, sample, inspect, bench.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
     sample.add_parser(sub)
@@ -26,6 +30,8 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_parsers(sub)
     inspect.add_parser(sub)
     plan.add_parser(sub)
+    for command in sub.choices.values():  # also accepted after the command's name
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return p
 
 
@@ -33,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gpt2-jax` console script."""
     args, extra = make_parser().parse_known_args(argv)
     env = os.environ
+    verbosity.set_verbose(args.verbose)  # this process is ours: third-party chatter stays off unless asked
     common.add_gpu_xla_flags(env)  # before JAX starts a backend
     try:
         return args.handler(args, common.split_overrides(extra), env)

@@ -39,6 +39,7 @@ def add_parsers(sub) -> None:
 def prepare(args, overrides: list[str], env) -> int:
     """`gpt2-jax prepare`."""
     from gpt2_jax.data import sources, tokenizers, tokens
+    from gpt2_jax.train import progress
 
     if args.config:
         from gpt2_jax import config as config_lib
@@ -57,8 +58,9 @@ def prepare(args, overrides: list[str], env) -> int:
     tok = tokenizers.make_tokenizer(tokenizer)
     workers = args.workers or tokens.cpu_count()
     for split in splits:
-        path = tokens.prepare_split(source, split, tok, os.path.expanduser(data_dir), show_progress=not args.quiet,
-                                    text_field=text_field, workers=workers)
+        path = tokens.prepare_split(source, split, tok, os.path.expanduser(data_dir),
+                                    show_progress=progress.bars_wanted(not args.quiet), text_field=text_field,
+                                    workers=workers)
         h = tokens.load_split(path, tok).header
         print(f"{source}:{split}: {h['num_tokens']:,} tokens ({h['dtype']}, {len(h['shards'])} shards), "
               f"{h['num_documents']:,} documents, {h['num_bytes']:,} bytes -> {path}", flush=True)

@@ -13,6 +13,7 @@ def _evaluate_runs(args, paths: list[str]) -> list[tuple[object, dict]]:
     one model's weights are in memory at a time."""
     from gpt2_jax import api
     from gpt2_jax.evaluate import datasets as eval_sets
+    from gpt2_jax.train import progress
 
     sets = [eval_sets.parse(spec) for spec in args.data]
     names = [s.name for s in sets]
@@ -22,7 +23,8 @@ def _evaluate_runs(args, paths: list[str]) -> list[tuple[object, dict]]:
     for path in paths:
         w = api.load_weights(path, step=args.step)
         results = eval_sets.evaluate_weights(w, sets, os.path.expanduser(args.data_dir), context=args.context,
-                                             stride=args.stride, batch_size=args.batch_size, progress=not args.quiet)
+                                             stride=args.stride, batch_size=args.batch_size,
+                                             progress=progress.bars_wanted(not args.quiet))
         if args.generate:
             _add_continuation_scores(args, w, sets, results)
         out.append((w.config, results))

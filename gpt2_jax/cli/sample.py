@@ -23,8 +23,9 @@ def add_parser(sub) -> None:
     s.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     s.add_argument("--num-beams", type=int, default=1, help="> 1: beam search (deterministic)")
     s.add_argument("--stop", action="append", help="stop string (repeatable); not included in the output")
-    s.add_argument("--truncate", choices=["error", "left"], default="error",
-                   help="a prompt too long for the context: error (default) or keep its end")
+    s.add_argument("--truncate", choices=["slide", "error", "left"], default="slide",
+                   help="text longer than the context: slide the window over it (default), error, or keep "
+                        "the end of a prompt too long for prompt + max new tokens")
     s.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(handler=run)

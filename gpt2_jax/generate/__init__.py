@@ -1,4 +1,5 @@
 """Decoding with a KV cache: prefill + while_loop sampling, beam search, streaming, buckets
-(`decode`), and transformers-compatible logits processors (`processors`).
+(`decode`), how text longer than the context is handled (`window`), and transformers-compatible
+logits processors (`processors`).
 
 May import model/, data/, parallel/, optim/."""

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt2_jax.generate import processors as sampling
+from gpt2_jax.generate import window
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.parallel import sharding
 
@@ -61,26 +62,6 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0) -> 
     return tokens, pad
 
 
-def check_lengths(prompts: Sequence[Sequence[int]], max_new_tokens: int, context: int, truncate: str = "error"):
-    """Validated prompts (truncated on the left when truncate='left'); one-line ValueErrors otherwise."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if max_new_tokens >= context:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                         f"{context}-token context; ask for at most {context - 1}")
-    out = []
-    for i, p in enumerate(prompts):
-        room = context - max_new_tokens
-        if len(p) > room:
-            if truncate != "left":
-                raise ValueError(f"prompt {i} is {len(p)} tokens; with max_new_tokens={max_new_tokens} the "
-                                 f"{context}-token context leaves room for {room}; shorten it, lower "
-                                 "max_new_tokens, or pass truncate='left' (--truncate left)")
-            p = p[len(p) - room:]
-        out.append(list(p))
-    return out
-
-
 def _seen(tokens, valid, vocab):
     """(B, vocab) bool: which ids occur among the valid (non-pad) tokens of each row."""
     ids = jnp.where(valid, tokens, vocab)  # pad slots point past the end and are dropped
@@ -117,13 +98,13 @@ def _choose(model, logits, seen, settings, key, greedy: bool):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "out_len", "greedy", "return_logprobs"))
-def _sample_loop(model, params, tokens, pad, num_new, rng, settings, stop_ids, *, out_len: int, greedy: bool,
+def _sample_loop(model, params, tokens, pad, num_new, rng, settings, stop_ids, done, *, out_len: int, greedy: bool,
                  return_logprobs: bool):
     b, p = tokens.shape
     logits, cache, key_valid = _prefill(model, params, tokens, pad, out_len)
     seen = _seen(tokens, key_valid[:, :p], logits.shape[-1])
     carry = dict(t=jnp.int32(0), cache=cache, logits=logits, out=jnp.zeros((b, out_len), jnp.int32),
-                 logprobs=jnp.zeros((b, out_len), jnp.float32), done=jnp.zeros((b,), bool), seen=seen, rng=rng)
+                 logprobs=jnp.zeros((b, out_len), jnp.float32), done=done, seen=seen, rng=rng)
 
     def cond(c):
         return (c["t"] < num_new) & ~jnp.all(c["done"])
@@ -143,35 +124,54 @@ def _sample_loop(model, params, tokens, pad, num_new, rng, settings, stop_ids, *
                     rng=rng)
 
     c = jax.lax.while_loop(cond, body, carry)
-    return c["out"], c["logprobs"], c["done"], c["t"]
+    return c["out"], c["logprobs"], c["done"], c["t"], c["rng"]
 
 
 def generate(model: model_lib.GPT2, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              rng: jax.Array | int = 0, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              min_p: float = 0.0, repetition_penalty: float = 1.0, num_samples: int = 1,
              stop_ids: Sequence[int] = (), eos_id: int | None = None, return_logprobs: bool = False,
-             truncate: str = "error", mesh: jax.sharding.Mesh | None = None, rules=None) -> Generation:
+             truncate: str = "slide", mesh: jax.sharding.Mesh | None = None, rules=None) -> Generation:
     """Sample (temperature > 0) or greedily decode (temperature 0) continuations of token prompts.
 
     An empty prompt starts from eos_id. Each prompt is decoded num_samples times (rows are
     prompt-major). A row stops after eos_id or any of stop_ids; the stop token is not returned.
+    Past the context the window slides (truncate='slide', generate/window.py): the first
+    `context - longest prompt` tokens come from one cache, then each window re-prefills every
+    row's last tokens (the repetition penalty then sees the window's tokens only).
     With a mesh, params should be laid out on it (`shard_params`); the rows and the KV cache are
     split over the mesh axes of the 'batch' rule and the heads over those of 'heads'.
     """
     settings = sampling.Settings.checked(temperature, top_k, top_p, min_p, repetition_penalty)
     stops = list(dict.fromkeys(([eos_id] if eos_id is not None else []) + list(stop_ids)))
+    context = model.cfg.n_positions
     prompts = [list(p) if len(p) else _start(eos_id) for p in prompts]
-    prompts = check_lengths(prompts, max_new_tokens, model.cfg.n_positions, truncate)
+    prompts = window.check_lengths(prompts, max_new_tokens, context, truncate)
     rows = [p for p in prompts for _ in range(num_samples)]
-    tokens, pad = left_pad(rows, bucket(max(map(len, rows))))
     rng = jax.random.key(rng) if isinstance(rng, int) else rng
-    stop_arr = jnp.asarray(stops or [-1], jnp.int32)
-    with sharding.mesh_context(mesh, rules):
-        out, logprobs, done, steps = _sample_loop(
-            model, params, tokens, pad, jnp.int32(max_new_tokens), rng, settings.arrays(), stop_arr,
-            out_len=bucket(max_new_tokens), greedy=settings.greedy, return_logprobs=return_logprobs)
-    out, logprobs, done, steps = jax.device_get((out, logprobs, done, steps))
-    return _collect(out, logprobs if return_logprobs else None, done, int(steps), stops)
+    stop_arr, arrays = jnp.asarray(stops or [-1], jnp.int32), settings.arrays()
+
+    def decode(windows, n, out_len, rng, done):
+        tokens, pad = left_pad(windows, bucket(max(map(len, windows))))
+        with sharding.mesh_context(mesh, rules):
+            got = _sample_loop(model, params, tokens, pad, jnp.int32(n), rng, arrays, stop_arr, jnp.asarray(done),
+                               out_len=out_len, greedy=settings.greedy, return_logprobs=return_logprobs)
+        out, logprobs, done, steps, rng = got
+        out, logprobs, done, steps = jax.device_get((out, logprobs, done, steps))
+        return out[:, :steps], logprobs[:, :steps], done, rng
+
+    n = window.first_window(rows, max_new_tokens, context)
+    out, logprobs, done, rng = decode(rows, n, bucket(n), rng, np.zeros(len(rows), bool))
+    outs, lps, sequences = [out], [logprobs], [r + o for r, o in zip(rows, out.tolist())]
+    made, step = out.shape[1], window.slide_step(context)
+    while made < max_new_tokens and not done.all():  # the window slides: re-prefill each row's last tokens
+        out, logprobs, done, rng = decode(window.next_prompts(sequences, context), min(step, max_new_tokens - made),
+                                          bucket(step), rng, done)
+        outs, lps = outs + [out], lps + [logprobs]
+        sequences = [s + o for s, o in zip(sequences, out.tolist())]
+        made += out.shape[1]
+    out = np.concatenate(outs, 1)
+    return _collect(out, np.concatenate(lps, 1) if return_logprobs else None, done, made, stops)
 
 
 def _start(eos_id: int | None) -> list[int]:
@@ -194,22 +194,30 @@ def _collect(out, logprobs, done, steps, stops) -> Generation:
 def stream(model: model_lib.GPT2, params, prompt: Sequence[int], max_new_tokens: int, rng: jax.Array | int = 0,
            *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
            repetition_penalty: float = 1.0, stop_ids: Sequence[int] = (), eos_id: int | None = None,
-           truncate: str = "error") -> Iterator[int]:
-    """Yield the new token ids of one prompt as they are decoded (one jitted step per token)."""
+           truncate: str = "slide") -> Iterator[int]:
+    """Yield the new token ids of one prompt as they are decoded (one jitted step per token); past
+    the context the window slides as in `generate`, which gives the same tokens."""
     settings = sampling.Settings.checked(temperature, top_k, top_p, min_p, repetition_penalty)
     stops = set(([eos_id] if eos_id is not None else []) + list(stop_ids))
-    prompt = check_lengths([list(prompt) or _start(eos_id)], max_new_tokens, model.cfg.n_positions, truncate)[0]
-    tokens, pad = left_pad([prompt], bucket(len(prompt)))
-    out_len = bucket(max_new_tokens)
-    state = _stream_prefill(model, params, tokens, pad, out_len=out_len)
+    context = model.cfg.n_positions
+    sequence = window.check_lengths([list(prompt) or _start(eos_id)], max_new_tokens, context, truncate)[0]
     rng = jax.random.key(rng) if isinstance(rng, int) else rng
-    for t in range(max_new_tokens):
+    room, used = window.first_window([sequence], max_new_tokens, context), 0
+    tokens, pad = left_pad([sequence], bucket(len(sequence)))
+    state = _stream_prefill(model, params, tokens, pad, out_len=bucket(room))
+    for _ in range(max_new_tokens):
+        if used == room:  # the cache is full: re-prefill the text's last tokens into a fresh one
+            room, used, prompt = window.slide_step(context), 0, window.next_prompts([sequence], context)[0]
+            tokens, pad = left_pad([prompt], bucket(len(prompt)))
+            state = _stream_prefill(model, params, tokens, pad, out_len=bucket(room))
         rng, key = jax.random.split(rng)
-        nxt, state = _stream_step(model, params, state, pad, jnp.int32(tokens.shape[1] + t), key, settings.arrays(),
+        nxt, state = _stream_step(model, params, state, pad, jnp.int32(tokens.shape[1] + used), key, settings.arrays(),
                                   greedy=settings.greedy)
         token = int(nxt[0])
         if token in stops:
             return
+        used += 1
+        sequence.append(token)
         yield token
 
 
@@ -246,7 +254,7 @@ class Beams:
 
 def beam_search(model: model_lib.GPT2, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                 num_beams: int = 4, *, length_penalty: float = 1.0, early_stopping: bool | str = False,
-                eos_id: int | None = None, num_return: int = 1, truncate: str = "error",
+                eos_id: int | None = None, num_return: int = 1, truncate: str = "slide",
                 mesh: jax.sharding.Mesh | None = None, rules=None) -> Beams:
     """Beam search with the conventions of transformers' `generate(num_beams=k)`.
 
@@ -261,7 +269,7 @@ def beam_search(model: model_lib.GPT2, params, prompts: Sequence[Sequence[int]],
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     prompts = [list(p) if len(p) else _start(eos_id) for p in prompts]
-    prompts = check_lengths(prompts, max_new_tokens, model.cfg.n_positions, truncate)
+    prompts = window.check_lengths(prompts, max_new_tokens, model.cfg.n_positions, truncate, can_slide=False)
     tokens, pad = left_pad([p for p in prompts for _ in range(num_beams)], bucket(max(map(len, prompts))))
     with sharding.mesh_context(mesh, rules):
         seqs, scores = _beam_loop(model, params, tokens, pad, jnp.int32(max_new_tokens),

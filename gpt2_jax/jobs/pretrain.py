@@ -18,7 +18,7 @@ from gpt2_jax.generate import decode as generate
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.optim import optimizers
 from gpt2_jax.parallel import distributed
-from gpt2_jax.train import loop
+from gpt2_jax.train import loop, progress
 
 
 def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> loop.Components:
@@ -34,7 +34,8 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> l
     roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
     if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
         for _, name in roles:
-            tokens_lib.prepare_split(d.source, name, tokenizer, data_dir, show_progress=cfg.train.progress,
+            tokens_lib.prepare_split(d.source, name, tokenizer, data_dir,
+                                     show_progress=progress.bars_wanted(cfg.train.progress),
                                      text_field=d.text_field, workers=d.prepare_workers or tokens_lib.cpu_count())
     distributed.sync("data prepared")
     for role, name in roles:
@@ -46,9 +47,8 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> l
 def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
                 seed: int = 0) -> str:
     """Decode a continuation of prompt (the prompt itself is not included)."""
-    ids = c.tokenizer.encode(prompt)
-    room = c.model.cfg.n_positions - len(ids)
-    new = generate.sample(c.model, params, ids, min(max_new_tokens, max(room, 0)), jax.random.key(seed),
+    ids = c.tokenizer.encode(prompt)[-(c.model.cfg.n_positions - 1):]  # never fail a finished run over its prompt
+    new = generate.sample(c.model, params, ids, max_new_tokens, jax.random.key(seed),
                           temperature=temperature, top_k=top_k, eos_id=c.tokenizer.eos_id)
     return c.tokenizer.decode(new)
 

@@ -17,7 +17,6 @@ import jax
 import numpy as np
 from ml_collections import config_dict
 from orbax.checkpoint import __version__ as ocp_version
-from tqdm.auto import tqdm
 
 from gpt2_jax import config as config_lib
 from gpt2_jax.checkpoint import manager as ckpt
@@ -28,7 +27,7 @@ from gpt2_jax.model import flops
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.parallel import distributed, profiling, sharding
 from gpt2_jax.train import metrics as metrics_lib
-from gpt2_jax.train import plots, resume
+from gpt2_jax.train import plots, progress, resume
 from gpt2_jax.train import steps as step_lib
 from gpt2_jax.version import __version__
 
@@ -125,9 +124,9 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
     flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
 
-    def run_eval(params, split="eval", max_batches=cfg.eval.max_batches, progress=False):
+    def run_eval(params, split="eval", max_batches=cfg.eval.max_batches, bars=False):
         return evaluate.evaluate_split(steps.eval, params, c.splits[split], cfg.eval.batch_size, cfg.data.seq_len,
-                                       max_batches, progress=progress and primary, desc=f"final {split}",
+                                       max_batches, progress=bars and primary, desc=f"final {split}",
                                        batch_sharding=steps.eval_batch_sharding)
 
     start = int(jax.device_get(state.step))
@@ -139,8 +138,9 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                     train_tokens=c.splits["train"].num_tokens)
     profiler = profiling.ProfileWindow(profiling.parse_steps(t.profile_steps), run_dir / "profile")
     saved = {start} if manager.latest_step() == start else set()
-    bar = tqdm(total=t.steps, initial=start, desc="train", disable=not (t.progress and primary), dynamic_ncols=True)
-    log.bar = bar
+    shown = progress.Progress(t.steps, start, t.progress and primary, echo, tokens_per_step, t.log_every)
+    log.progress = shown
+    sampled = "" if cfg.eval.max_batches is None else f" (first {cfg.eval.max_batches} batches)"
 
     def save(step):
         log.flush()  # never checkpoint a state whose loss has not been checked
@@ -156,22 +156,24 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             state, step_metrics = steps.train(state, batches.get(step))
             profiler.after(step, step_metrics)
             log.push(step + 1, step_metrics)  # logs the previous step's metrics, one step late
-            bar.update(1)
+            shown.update()
             done = step + 1
             if done % t.eval_every == 0 or done == t.steps:
                 log.flush()
-                last_val = {f"val_{k}": v for k, v in run_eval(state.params).items()}
+                with shown.paused():
+                    last_val = {f"val_{k}": v for k, v in run_eval(state.params).items()}
                 log.write(done, last_val)
-                bar.set_postfix(val_loss=f"{last_val['val_loss']:.3f}")
+                shown.evaluated(done, last_val, sampled if not last_val.get("val_complete") else "")
                 log.restart_clock()  # keep eval time out of the next tokens/s window
             if done % k.every == 0 or done == t.steps:
-                save(done)
+                with shown.paused():
+                    save(done)
                 log.restart_clock()
             if done % stop_every == 0 and distributed.any_process(stop["signal"] is not None):
                 save(done)
                 ckpt.finish(manager)
-                echo(f"stopped by {stop['signal'] or 'another process'} at step {done}; checkpoint saved in "
-                     f"{manager.directory}; run the same command again to resume")
+                shown.line(f"stopped by {stop['signal'] or 'another process'} at step {done}; checkpoint saved in "
+                           f"{manager.directory}; run the same command again to resume")
                 # A preempted job (SIGTERM) ends cleanly so its scheduler does not count a failure; Ctrl-C keeps 130.
                 raise SystemExit(130 if stop["signal"] == "SIGINT" else 0)
         log.flush()
@@ -180,7 +182,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
         profiler.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
-        bar.close()
+        shown.close()
         ckpt.finish(manager)
         if writer is not None:
             writer.close()
@@ -189,7 +191,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     results = {"step": t.steps}
     for role, prefix in (("eval", "val"), ("test", "test")):
         if role in c.splits:
-            full = run_eval(state.params, role, max_batches=None, progress=t.progress)
+            full = run_eval(state.params, role, max_batches=None, bars=progress.bars_wanted(t.progress))
             results.update({f"{prefix}_{k}": v for k, v in full.items()})
     if primary:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -209,7 +211,7 @@ class _TrainLog:
         self.train_tokens = train_tokens
         self.pending: list[tuple[int, Any]] = []
         self.window_start, self.window_steps = time.perf_counter(), 0
-        self.bar = None
+        self.progress = None  # a progress.Progress: the bar's postfix, or a plain line
 
     def push(self, step: int, device_metrics) -> None:
         """Queue step's metrics and process all but the newest (whose step may still be running)."""
@@ -251,7 +253,6 @@ class _TrainLog:
             if self.train_tokens:
                 m["epoch"] = loader.epochs_seen(step, self.tokens_per_step, self.train_tokens)
             self.write(step, m)
-            if self.bar is not None:
-                mfu = {"mfu": f"{100 * m['mfu']:.1f}%"} if "mfu" in m else {}
-                self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}", **mfu)
+            if self.progress is not None:
+                self.progress.train_metrics(step, m)
             self.window_start, self.window_steps = now, 0
