@@ -51,6 +51,9 @@ def base_config() -> config_dict.ConfigDict:
         tokenizer="byte",  # byte | gpt2 | gpt2:/dir_or_file | sentencepiece:/path/to/x.model
         data_dir="~/tensorflow_datasets",
         train_split="train", eval_split="validation", test_split="test",
+        # A text:/jsonl: glob without {split}: the share held out for each of validation and test
+        # (data/holdout.py); 0: every split reads the same text and test is not held out.
+        holdout_fraction=0.05,
         seq_len=256, batch_size=32, seed=0,
         prepare_workers=0,  # processes that tokenize a split (0: one per CPU core)
         prefetch=2,  # training batches built ahead of the device
@@ -66,6 +69,7 @@ def base_config() -> config_dict.ConfigDict:
         sample_prompt="ROMEO:", sample_tokens=200, sample_temperature=0.8, sample_top_k=40,
         loss_chunk=0,  # > 0: cross-entropy this many positions at a time (no whole-batch fp32 logits)
         profile_steps="",  # "A:B": jax.profiler trace of steps A..B-1 into <run_dir>/profile
+        patience=0,  # > 0: stop once this many evaluations in a row have not lowered the validation loss
     )
     # Devices per slice/node on each axis (-1: all remaining); dcn_*: slices/nodes on each axis.
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
@@ -242,6 +246,8 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _check(d.batch_size > 0, "data.batch_size", f"must be positive, got {d.batch_size}")
     _check(d.prepare_workers >= 0, "data.prepare_workers", f"must be >= 0, got {d.prepare_workers}")
     _check(d.prefetch >= 1, "data.prefetch", f"must be >= 1, got {d.prefetch}")
+    _check(0 <= d.holdout_fraction < 0.5, "data.holdout_fraction",
+           f"must be in [0, 0.5) (0: no held-out parts), got {d.holdout_fraction}")
     _check_source(d.source)
     o = cfg.optim
     _choice(cfg, "optim.name", optim.OPTIMIZERS)
@@ -260,6 +266,9 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     for name in ("log_every", "eval_every"):
         _check(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
     _check(t.loss_chunk >= 0, "train.loss_chunk", f"must be >= 0 (0: whole-batch logits), got {t.loss_chunk}")
+    _check(t.patience >= 0, "train.patience", f"must be >= 0 (0: no early stopping), got {t.patience}")
+    _check(not t.patience or bool(d.eval_split), "train.patience",
+           f"{t.patience} needs validation losses but data.eval_split is empty; set data.eval_split or train.patience=0")
     try:
         profiling.parse_steps(t.profile_steps)
     except ValueError as e:

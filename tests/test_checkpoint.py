@@ -280,3 +280,25 @@ def test_bench_ckpt_reports_blocking_and_overhead(tmp_path, capsys):
     assert 0 <= save["state_bytes"] - 3 * 4 * save["params"] < 100  # fp32 params, two Adam moments, scalars
     assert all(0 < b <= t for b, t in zip(save["blocking_s"], save["total_s"]))
     assert r["overhead"]["no_save_step_s"] > 0 and r["overhead"]["save_step_s"] > 0
+
+
+def test_the_best_step_is_kept_and_found_after_a_restart(tmp_path):
+    from gpt2_jax.checkpoint import manager as ckpt
+
+    state = {"x": np.ones(3, np.float32)}
+    manager = ckpt.make_manager(tmp_path, max_to_keep=1, keep_best=1)
+    for step, val_loss in ((10, 1.0), (20, 0.5), (30, 2.0)):
+        ckpt.save(manager, step, state, {}, {}, metrics={"val_loss": val_loss})
+    ckpt.finish(manager)
+    manager.close()
+    manager = ckpt.make_manager(tmp_path, max_to_keep=1, keep_best=1)  # a resumed run
+    assert manager.best_step() == 20 and ckpt.resolve_step(manager, "best") == 20
+    ckpt.save(manager, 40, state, {}, {}, metrics={"val_loss": 3.0})
+    ckpt.finish(manager)
+    assert manager.all_steps() == [20, 40]  # the latest and the best, which the restart did not forget
+    manager.close()
+    no_eval = ckpt.make_manager(tmp_path / "no_eval", keep_best=0)  # a run without an eval split
+    for step in (10, 20):
+        ckpt.save(no_eval, step, state, {}, {})
+    ckpt.finish(no_eval)
+    assert ckpt.resolve_step(ckpt.make_manager(tmp_path / "no_eval", read_only=True), "best") == 20

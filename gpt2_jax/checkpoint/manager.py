@@ -60,6 +60,8 @@ def make_manager(run_dir: str | pathlib.Path, max_to_keep: int = 3, keep_best: i
                                                            keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        # best_fn makes Orbax write each step's metrics to disk, so `best` survives a restart.
+        best_fn=_best_metric if keep_best > 0 else None, best_mode="min",
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only,  # the unfinished save of a killed run
         create=not read_only,
