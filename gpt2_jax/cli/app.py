@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_gpu_xla_flags(env)  # before JAX starts a backend
     try:
         return args.handler(args, common.split_overrides(extra), env)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: e.g. a full disk, naming the file
         if args.debug:
             raise
         msg = " ".join(str(e).split())

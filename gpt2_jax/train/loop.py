@@ -185,7 +185,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             saved.add(step)
 
     batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, t.steps, cfg.data.prefetch)
-    last = start
+    last, failed = start, True
     try:
         for step in range(start, t.steps):
             profiler.before(step)
@@ -209,6 +209,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 echo(f"early stop at step {done}: validation loss has not improved for {t.patience} evaluations "
                      f"(best {early.best:.4f} at step {early.best_step}; kept as the 'best' checkpoint)")
                 break
+            if done % t.log_every == 0:
+                ckpt.check_for_errors(manager)  # a background save that failed (e.g. disk full) stops the run now
             if done % stop_every == 0 and distributed.any_process(stop["signal"] is not None):
                 save(done)
                 ckpt.finish(manager)
@@ -217,13 +219,18 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 # A preempted job (SIGTERM) ends cleanly so its scheduler does not count a failure; Ctrl-C keeps 130.
                 raise SystemExit(130 if stop["signal"] == "SIGINT" else 0)
         log.flush()
+        failed = False
     finally:
         batches.close()
         profiler.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         bar.close()
-        ckpt.finish(manager)
+        try:
+            ckpt.finish(manager)
+        except ckpt.CheckpointError:
+            if not failed:  # else the error already on its way out is the one to report
+                raise
         if writer is not None:
             writer.close()
     # The reported numbers always score every token of the held-out splits (eval.max_batches is
