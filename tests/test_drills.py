@@ -16,6 +16,7 @@ import textwrap
 import time
 
 import pytest
+from test_checkpoint import _wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -105,19 +106,11 @@ def _launch(root: pathlib.Path, run: str, steps: int, *extra: str) -> subprocess
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait(cond, proc: subprocess.Popen, timeout: float = 400) -> None:
-    deadline = time.time() + timeout
-    while not cond():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_a_killed_process_stops_the_other_in_one_line_and_a_relaunch_resumes_bitwise(tmp_path):
     run = tmp_path / "run"
     launch = _launch(tmp_path, "run", 400, "--heartbeat-timeout", "10")
-    _wait(lambda: (run / "checkpoints" / "20").is_dir() and len(_rows(run / "metrics.jsonl")) >= 25, launch)
+    _wait_for(lambda: (run / "checkpoints" / "20").is_dir() and len(_rows(run / "metrics.jsonl")) >= 25, launch)
     [victim] = _pids(f"--config.train.run_dir={run} ", "--process-id 1 ")
     [survivor] = _pids(f"--config.train.run_dir={run} ", "--process-id 0 ")
     os.kill(victim, signal.SIGKILL)
@@ -151,7 +144,7 @@ def test_a_killed_process_stops_the_other_in_one_line_and_a_relaunch_resumes_bit
 def test_a_frozen_coordinator_is_given_up_after_the_heartbeat_timeout(tmp_path):
     run = tmp_path / "run"
     launch = _launch(tmp_path, "run", 400, "--heartbeat-timeout", "5")
-    _wait(lambda: (run / "checkpoints" / "10").is_dir(), launch)
+    _wait_for(lambda: (run / "checkpoints" / "10").is_dir(), launch)
     [victim] = _pids(f"--config.train.run_dir={run} ", "--process-id 0 ")
     [survivor] = _pids(f"--config.train.run_dir={run} ", "--process-id 1 ")
     os.kill(victim, signal.SIGSTOP)  # a hung host: no byte, no closed connection
@@ -166,3 +159,42 @@ def test_a_frozen_coordinator_is_given_up_after_the_heartbeat_timeout(tmp_path):
     log1 = (tmp_path / "logs-run" / "process_1.log").read_text().strip().splitlines()
     assert log1[-1].startswith("gpt2-jax: error: lost process 0 of 2: no heartbeat for 5 s (frozen, or its host "
                                "or network is down); process 1 stops too.")
+
+
+def _step_bytes(step_dir: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in step_dir.rglob("*") if p.is_file())
+
+
+def test_disk_full_during_an_async_save_stops_in_one_line_and_keeps_earlier_steps(tmp_path):
+    from gpt2_jax import api
+    from gpt2_jax.cli import app as cli
+
+    probe = tmp_path / "probe"  # one save's size on this stack, to size the small disk
+    assert cli.main(["train", "--config", DEFAULT, *_overrides(tmp_path, "probe", 10)]) == 0
+    size = _step_bytes(probe / "checkpoints" / "10")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 + (256 << 10)}", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        run = disk / "run"
+        args = [sys.executable, "-m", "gpt2_jax.cli", "train", "--config", DEFAULT,
+                *_overrides(tmp_path, "unused", 40), f"--config.train.run_dir={run}"]
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == (
+            f"gpt2-jax: error: checkpoint step 20 could not be written to {run / 'checkpoints'}: no space left on "
+            f"device ({proc.stderr.split('device (')[1].split(' MiB')[0]} MiB free); the unfinished step is never "
+            "read and earlier steps are intact (latest: step 10); free space or move train.run_dir to a larger "
+            "disk, then run the same command again to resume")
+        steps = sorted(p.name for p in (run / "checkpoints").iterdir())
+        assert steps[0] == "10" and all(".orbax-checkpoint-tmp" in name for name in steps[1:])
+        m = api.load(run)  # checks every file of step 10 against its seal (sizes and CRC-32s)
+        assert m.step == 10
+        again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert again.returncode == 2 and "resumed from step 10" in again.stdout  # the leftover was cleaned up
+        assert again.stderr.strip().startswith(f"gpt2-jax: error: checkpoint step 20 could not be written")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
