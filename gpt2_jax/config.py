@@ -12,6 +12,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 import pathlib
 from typing import Any, Iterable
 
@@ -25,6 +26,7 @@ from gpt2_jax.parallel import profiling, sharding
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
 DTYPES = ("float32", "bfloat16", "float16")
+INT_LIMIT = 2 ** 31 - 1  # steps, sizes and seeds become int32 inside jitted code
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,9 @@ def base_config() -> config_dict.ConfigDict:
         tokenizer="byte",  # byte | gpt2 | gpt2:/dir_or_file | sentencepiece:/path/to/x.model
         data_dir="~/tensorflow_datasets",
         train_split="train", eval_split="validation", test_split="test",
+        # A text:/jsonl: glob without {split}: the share held out for each of validation and test
+        # (data/holdout.py); 0: every split reads the same text and test is not held out.
+        holdout_fraction=0.05,
         seq_len=256, batch_size=32, seed=0,
         prepare_workers=0,  # processes that tokenize a split (0: one per CPU core)
         prefetch=2,  # training batches built ahead of the device
@@ -66,6 +71,7 @@ def base_config() -> config_dict.ConfigDict:
         sample_prompt="ROMEO:", sample_tokens=200, sample_temperature=0.8, sample_top_k=40,
         loss_chunk=0,  # > 0: cross-entropy this many positions at a time (no whole-batch fp32 logits)
         profile_steps="",  # "A:B": jax.profiler trace of steps A..B-1 into <run_dir>/profile
+        patience=0,  # > 0: stop once this many evaluations in a row have not lowered the validation loss
     )
     # Devices per slice/node on each axis (-1: all remaining); dcn_*: slices/nodes on each axis.
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
@@ -149,7 +155,12 @@ def _coerce(key: str, value: Any, want: type) -> Any:
     if want is int and isinstance(value, float) and value.is_integer():
         return int(value)  # 1e4 written for steps
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-        raise ConfigError(f"config key {key} wants {want.__name__}, got {value!r} ({type(value).__name__})")
+        shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
+        raise ConfigError(f"config key {key} wants {want.__name__}, got {shown} ({type(value).__name__})")
+    if want is float and not math.isfinite(value):
+        raise ConfigError(f"config key {key} wants a finite number, got {value!r}")
+    if want is int and abs(value) > INT_LIMIT:
+        raise ConfigError(f"config key {key}: {value} is out of range (at most {INT_LIMIT:,} in size)")
     return value
 
 
@@ -173,6 +184,8 @@ def apply_override(cfg: config_dict.ConfigDict, assignment: str) -> None:
     value = _parse_value(raw)
     if value is None and wanted_type is str and want[parts[-1]] is not None:
         value = raw  # e.g. --config.model.remat=none: a choice named 'none', not a missing value
+    elif value is None and want[parts[-1]] is not None:  # only unset-by-default keys take none
+        raise ConfigError(f"config key {key} wants {wanted_type.__name__}, got none")
     value = _coerce(key, value, wanted_type)
     node[parts[-1]] = value
 
@@ -234,14 +247,18 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _choice(cfg, "model.param_dtype", DTYPES)
     _choice(cfg, "model.attention", model_lib.ATTENTION_IMPLEMENTATIONS)
     _choice(cfg, "model.remat", model_lib.REMAT_POLICIES)
+    _check(cfg.model.init_std > 0, "model.init_std", f"must be positive, got {cfg.model.init_std}")
     _check_tokenizer(cfg.data.tokenizer)
     d = cfg.data
+    _check(d.seed >= 0, "data.seed", f"must be >= 0, got {d.seed}")
     _check(d.seq_len > 0, "data.seq_len", f"must be positive, got {d.seq_len}")
     _check(d.seq_len <= mc.n_positions, "data.seq_len",
            f"{d.seq_len} exceeds the model's context model.n_positions={mc.n_positions}")
     _check(d.batch_size > 0, "data.batch_size", f"must be positive, got {d.batch_size}")
     _check(d.prepare_workers >= 0, "data.prepare_workers", f"must be >= 0, got {d.prepare_workers}")
     _check(d.prefetch >= 1, "data.prefetch", f"must be >= 1, got {d.prefetch}")
+    _check(0 <= d.holdout_fraction < 0.5, "data.holdout_fraction",
+           f"must be in [0, 0.5) (0: no held-out parts), got {d.holdout_fraction}")
     _check_source(d.source)
     o = cfg.optim
     _choice(cfg, "optim.name", optim.OPTIMIZERS)
@@ -252,6 +269,8 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     _check(o.accum_steps >= 1, "optim.accum_steps", f"must be >= 1, got {o.accum_steps}")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    _check(o.eps > 0, "optim.eps", f"must be positive, got {o.eps}")
+    _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0: no clipping), got {o.grad_clip}")
     _check(0 <= o.label_smoothing < 1, "optim.label_smoothing", "must be in [0, 1)")
     t = cfg.train
     _check(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
@@ -260,13 +279,27 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     for name in ("log_every", "eval_every"):
         _check(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
     _check(t.loss_chunk >= 0, "train.loss_chunk", f"must be >= 0 (0: whole-batch logits), got {t.loss_chunk}")
+    for name in ("seed", "sample_tokens", "sample_top_k"):
+        _check(t[name] >= 0, f"train.{name}", f"must be >= 0, got {t[name]}")
+    _check(t.sample_temperature >= 0, "train.sample_temperature",
+           f"must be >= 0 (0: greedy), got {t.sample_temperature}")
+    _check(t.patience >= 0, "train.patience", f"must be >= 0 (0: no early stopping), got {t.patience}")
+    _check(not t.patience or bool(d.eval_split), "train.patience",
+           f"{t.patience} needs validation losses but data.eval_split is empty; set data.eval_split or train.patience=0")
     try:
         profiling.parse_steps(t.profile_steps)
     except ValueError as e:
         raise ConfigError(f"config key train.profile_steps: {e}") from None
+    try:
+        optim.optimizer_from_config(cfg)  # the schedule's own rules (warmup, decay_steps per kind)
+    except ValueError as e:
+        raise ConfigError(f"config key optim.schedule: {e}") from None
     _check(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    mb = cfg.eval.max_batches
+    _check(mb is None or mb >= 1, "eval.max_batches", f"must be >= 1 (or none: the whole split), got {mb}")
     _check(cfg.checkpoint.every > 0, "checkpoint.every", "must be positive")
     _check(cfg.checkpoint.max_to_keep >= 1, "checkpoint.max_to_keep", "must be >= 1")
+    _check(cfg.checkpoint.keep_best >= 0, "checkpoint.keep_best", f"must be >= 0, got {cfg.checkpoint.keep_best}")
     r = cfg.checkpoint.resume_from
     _check(r in ("latest", "best") or r.isdigit(), "checkpoint.resume_from",
            f"must be latest, best or a step, got {r!r}")

@@ -71,6 +71,12 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
+def _in_flight(ckpts: pathlib.Path, after: int = 0) -> list[int]:
+    """Steps (> after) whose async save is being written: Orbax's temporary directories."""
+    names = [p.name.split(".")[0] for p in ckpts.iterdir() if ".orbax-checkpoint-tmp" in p.name] if ckpts.is_dir() else []
+    return [int(n) for n in names if n.isdigit() and int(n) > after]
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """A run of STEPS steps that was never interrupted: its per-step losses and its directory."""
@@ -79,17 +85,18 @@ def straight(tmp_path_factory):
     return root, _losses(root / "straight")
 
 
-def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact(straight, capsys):
+def test_sigkill_during_an_async_save_then_resume_is_bitwise_exact(straight, capsys):
     root, expected = straight
     proc = _spawn(root, "killed")
-    _wait_for(lambda: (root / "killed" / "checkpoints" / "10").is_dir(), proc)  # renamed into place = finalized
+    ckpts = root / "killed" / "checkpoints"
+    _wait_for(lambda: _in_flight(ckpts, after=10), proc)  # step 10 is finalized, a later one is being written
     proc.kill()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert cli.main(_args(root, "killed")) == 0
     out = capsys.readouterr().out
     resumed_at = int(out.split("resumed from step ")[1].split()[0])
-    assert resumed_at >= 10
+    assert resumed_at >= 10 and not _in_flight(ckpts)  # the unfinished save was never read, and is gone
     got = _losses(root / "killed")
     assert sorted(got) == list(range(1, STEPS + 1))
     assert got == expected  # bitwise: the same floats, every step, data order and dropout included
@@ -97,18 +104,20 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact(straight, capsy
     assert results == json.loads((root / "straight" / "results.json").read_text())
 
 
-def test_sigterm_mid_run_checkpoints_exits_0_and_resumes_exactly(straight, capsys):
+def test_sigterm_during_an_async_save_checkpoints_exits_0_and_resumes_exactly(straight, capsys):
     root, expected = straight
     proc = _spawn(root, "term")
-    metrics = root / "term" / "metrics.jsonl"
-    _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, proc)
+    ckpts = root / "term" / "checkpoints"
+    _wait_for(lambda: _in_flight(ckpts), proc)
+    writing = _in_flight(ckpts)[0]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert "stopped by SIGTERM at step" in out and "run the same command again to resume" in out
     stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
-    assert 3 <= stopped_at < STEPS
-    assert (root / "term" / "checkpoints" / str(stopped_at) / "files.json").exists()  # finalized and sealed
+    assert writing <= stopped_at < STEPS
+    for step in {writing, stopped_at}:  # the save in flight completed, and the stop saved its own step
+        assert (ckpts / str(step) / "files.json").exists()  # finalized and sealed
     assert cli.main(_args(root, "term")) == 0
     assert f"resumed from step {stopped_at}" in capsys.readouterr().out
     assert _losses(root / "term") == expected
@@ -145,7 +154,27 @@ def _missing_file(step_dir: pathlib.Path) -> str:
     return f"{f.relative_to(step_dir)} is missing"
 
 
-@pytest.mark.parametrize("damage", [_cut_short, _drop_array, _garbage_json, _missing_file])
+def _flip_bytes(step_dir: pathlib.Path) -> str:
+    f = _largest_state_file(step_dir)
+    data = bytearray(f.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):  # same size, bytes flipped in place
+        data[i] ^= 0xFF
+    f.write_bytes(bytes(data))
+    return f"{f.relative_to(step_dir)} has changed bytes (CRC-32 "
+
+
+def _flip_bytes_of_an_unsealed_step(step_dir: pathlib.Path) -> str:
+    (step_dir / "files.json").unlink()  # as an older run's step: only Orbax's decoding can tell
+    f = step_dir / "state" / "manifest.ocdbt"
+    data = bytearray(f.read_bytes())
+    for i in range(8, len(data), 7):
+        data[i] ^= 0xFF
+    f.write_bytes(bytes(data))
+    return "state/manifest.ocdbt does not decode ("
+
+
+@pytest.mark.parametrize("damage", [_cut_short, _drop_array, _garbage_json, _missing_file, _flip_bytes,
+                                    _flip_bytes_of_an_unsealed_step])
 def test_damaged_latest_checkpoint_names_step_and_file_and_resume_falls_back(straight, tmp_path, capsys, damage):
     root, _ = straight
     run = tmp_path / "run"
@@ -165,7 +194,8 @@ def test_damaged_latest_checkpoint_names_step_and_file_and_resume_falls_back(str
     args = _args(root, "unused", previous)
     args[args.index(f"--config.train.run_dir={root / 'unused'}")] = f"--config.train.run_dir={run}"
     assert cli.main(args) == 0  # train.steps = the previous step: resume, evaluate, and save nothing new
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err  # e.g. no 'Event loop is closed' from tensorstore's callbacks
     warning = next(l for l in out.splitlines() if l.startswith("warning:"))
     assert f"checkpoint step {latest} in {ckpts} is damaged: {problem}" in warning
     assert f"moved it to {run / 'damaged' / str(latest)}" in warning
@@ -280,3 +310,42 @@ def test_bench_ckpt_reports_blocking_and_overhead(tmp_path, capsys):
     assert 0 <= save["state_bytes"] - 3 * 4 * save["params"] < 100  # fp32 params, two Adam moments, scalars
     assert all(0 < b <= t for b, t in zip(save["blocking_s"], save["total_s"]))
     assert r["overhead"]["no_save_step_s"] > 0 and r["overhead"]["save_step_s"] > 0
+
+
+def test_the_best_step_is_kept_and_found_after_a_restart(tmp_path):
+    from gpt2_jax.checkpoint import manager as ckpt
+
+    state = {"x": np.ones(3, np.float32)}
+    manager = ckpt.make_manager(tmp_path, max_to_keep=1, keep_best=1)
+    for step, val_loss in ((10, 1.0), (20, 0.5), (30, 2.0)):
+        ckpt.save(manager, step, state, {}, {}, metrics={"val_loss": val_loss})
+    ckpt.finish(manager)
+    manager.close()
+    manager = ckpt.make_manager(tmp_path, max_to_keep=1, keep_best=1)  # a resumed run
+    assert manager.best_step() == 20 and ckpt.resolve_step(manager, "best") == 20
+    ckpt.save(manager, 40, state, {}, {}, metrics={"val_loss": 3.0})
+    ckpt.finish(manager)
+    assert manager.all_steps() == [20, 40]  # the latest and the best, which the restart did not forget
+    manager.close()
+    no_eval = ckpt.make_manager(tmp_path / "no_eval", keep_best=0)  # a run without an eval split
+    for step in (10, 20):
+        ckpt.save(no_eval, step, state, {}, {})
+    ckpt.finish(no_eval)
+    assert ckpt.resolve_step(ckpt.make_manager(tmp_path / "no_eval", read_only=True), "best") == 20
+
+
+def test_a_learning_rate_that_overflows_mid_run_stops_naming_the_last_good_step_which_is_finite(straight, tmp_path,
+                                                                                                  capsys):
+    root, _ = straight
+    run = tmp_path / "run"
+    shutil.copytree(root / "straight", run)
+    # Continued from step 40 with lr 1e39 (inf in float32): step 41's update makes every weight inf/NaN.
+    args = _args(root, "unused", 60, "--config.optim.lr=1e39", "--config.checkpoint.every=1")
+    args[args.index(f"--config.train.run_dir={root / 'unused'}")] = f"--config.train.run_dir={run}"
+    assert cli.main(args) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"gpt2-jax: error: the update of step 41 made the parameters NaN/inf; not saved; stopped (last good "
+        f"checkpoint: step 40 in {run / 'checkpoints'}); lower optim.lr or raise optim.warmup_steps")
+    assert not (run / "checkpoints" / "41").exists()
+    m = api.load(run)
+    assert m.step == 40 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(m.params))

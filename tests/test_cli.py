@@ -175,3 +175,46 @@ def test_sample_prompts_file_beams_and_stop(trained, capsys, tmp_path):
     assert cli.main(["sample", "--run", run, "--prompt", "Shall I", "--max-new-tokens", "30", "--temperature", "0",
                      "--stop", stop]) == 0
     assert capsys.readouterr().out == "Shall I" + greedy[: greedy.index(stop)] + "\n"
+
+
+def _single_file(tmp_path: pathlib.Path) -> str:
+    (tmp_path / "one.txt").write_text(VERSE * 60)
+    return f"text:{tmp_path}/one.txt"
+
+
+def test_a_single_file_without_eval_split_trains_and_tests_on_held_out_text(tmp_path, capsys):
+    source = _single_file(tmp_path)
+    assert cli.main(_args(tmp_path, source, 20, "--config.data.eval_split=", "--config.train.sample_tokens=0")) == 0
+    out = capsys.readouterr().out
+    cut = round(0.05 * len(VERSE) * 60)  # bytes held out for each of validation and test
+    assert (f"data train: {source}@train~holdout0.05, {len(VERSE) * 60 - 2 * cut:,} tokens, "
+            f"{len(VERSE) * 60 - 2 * cut:,} bytes, 1 documents; the rest, not held out: the first 90% of the "
+            "characters of each of 1 document(s) (data.holdout_fraction=0.05)") in out
+    assert (f"data test: {source}@test~holdout0.05, {cut:,} tokens, {cut:,} bytes, 1 documents; held out: the last "
+            "5% of the characters of each of 1 document(s) (data.holdout_fraction=0.05)") in out
+    assert "data eval: none (data.eval_split is empty)" in out and "validation: loss" not in out
+    assert "test (held out): loss" in out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["step"] == 20 and "val_loss" not in results and results["test_loss"] < 5.55
+    assert not [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+                if "val_loss" in r]
+    m = api.load(tmp_path / "run", step="best")  # no validation losses: 'best' is the latest step
+    assert m.step == 20
+
+
+def test_early_stopping_and_a_test_split_that_is_not_held_out(tmp_path, capsys):
+    source = _single_file(tmp_path)
+    # lr 1e-30 leaves the weights as they are: the second evaluation does not improve on the first.
+    assert cli.main(_args(tmp_path, source, 40, "--config.optim.lr=1e-30", "--config.train.eval_every=5",
+                          "--config.checkpoint.every=100", "--config.train.patience=1", "--config.train.sample_tokens=0",
+                          "--config.data.holdout_fraction=0")) == 0
+    out = capsys.readouterr().out
+    assert "early stop at step 10: validation loss has not improved for 1 evaluations" in out
+    assert "data test: " in out and "the same text as train, NOT held out" in out
+    assert "test (the training text itself, NOT held out): loss" in out and "test (held out)" not in out
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["step"] == 10
+    assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [10]
+    assert cli.main(_args(tmp_path, source, 40, "--config.train.patience=2", "--config.data.eval_split=")) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gpt2-jax: error: config key train.patience: 2 needs validation losses but data.eval_split is empty; "
+        "set data.eval_split or train.patience=0")

@@ -95,3 +95,78 @@ def test_cli_reports_config_errors_in_one_line():
                            "--config.optim.lrr=1e-3"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "gpt2-jax: error: unknown config key optim.lrr; did you mean optim.lr?"
+
+
+# ----------------------------------------------------------------------------- fuzzed overrides
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+KEYS = sorted(config_lib.flatten(config_lib.base_config()))
+ODD_VALUES = ["true", "false", "none", "null", "", "[]", "{}", "()", "1e999", "-1e999", "nan", "inf", "-inf", "0",
+              "-1", "1e-300", "1e300", "None", "'", '"', "[1, 2]", "{'a': 1}", "--", "=", "lambda: 0",
+              "__import__('os')", "\x00", "1_000", "0x10", "2**40", str(2 ** 63), str(-2 ** 63), "9" * 5000,
+              "gpt2", "text:", "jsonl:x", "tfds:", "shakespeare/", "fsdp+tp", "batch=data", "1:0", "latest"]
+
+
+def _typo(key: str, data) -> str:
+    i = data.draw(st.integers(0, len(key) - 1))
+    kind = data.draw(st.sampled_from(["drop", "double", "swap", "case", "section"]))
+    if kind == "drop":
+        return key[:i] + key[i + 1:]
+    if kind == "double":
+        return key[:i] + key[i] + key[i:]
+    if kind == "swap" and i + 1 < len(key):
+        return key[:i] + key[i + 1] + key[i] + key[i + 2:]
+    if kind == "case":
+        return key.upper()
+    return key.split(".")[-1]  # the section left out
+
+
+@st.composite
+def overrides(draw):
+    argv = []
+    for _ in range(draw(st.integers(0, 4))):
+        key = draw(st.sampled_from(KEYS))
+        kind = draw(st.sampled_from(["valid"] * 6 + ["typo"] * 3 + ["random"]))  # mostly real keys
+        if kind == "typo":
+            key = _typo(key, draw(st.data()))
+        elif kind == "random":
+            key = draw(st.text(alphabet="abcdefghijklmnopqrstuvwxyz._", max_size=20))
+        value = draw(st.one_of(st.sampled_from(ODD_VALUES), st.integers(-2 ** 70, 2 ** 70).map(str),
+                               st.sampled_from([-2 ** 63, -2 ** 31 - 1, -1, 0, 1, 2, 7, 2 ** 31, 2 ** 63]).map(str),
+                               st.floats().map(repr), st.text(max_size=20)))
+        argv.append(f"--config.{key}={value}")
+    return argv
+
+
+def _run_start(cfg) -> None:
+    """What `gpt2-jax train` builds from a config before it reads data or touches devices."""
+    from gpt2_jax.optim import optimizers
+    from gpt2_jax.parallel import profiling, sharding
+
+    config_lib.model_config(cfg)
+    sharding.MeshSpec.from_config(cfg.mesh)
+    sharding.logical_rules(cfg.mesh.rules)
+    profiling.parse_steps(cfg.train.profile_steps)
+    schedule, _ = optimizers.optimizer_from_config(cfg)
+    for step in (0, cfg.train.steps):
+        assert float(schedule(step)) >= 0
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=overrides())
+def test_fuzzed_overrides_give_one_line_or_a_valid_start(argv, capsys, monkeypatch):
+    from gpt2_jax.cli import app as cli
+    from gpt2_jax.jobs import pretrain
+
+    started = []
+    monkeypatch.setattr(pretrain, "run", lambda cfg, say: started.append(cfg))  # stop at the start of training
+    code = cli.main(["train", "--config", DEFAULT, "--quiet", *argv])
+    err = capsys.readouterr().err
+    if code == 0:
+        assert len(started) == 1 and not err
+        _run_start(started[0])
+    else:
+        assert code == 2 and err.count("\n") == 1 and err.startswith("gpt2-jax: error: "), (argv, err)
+        assert "Traceback" not in err

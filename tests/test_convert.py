@@ -167,3 +167,31 @@ def test_bad_inputs_name_the_problem(tmp_path, params):
     (tmp_path / "bad.index").write_bytes(b"x" * 60)
     with pytest.raises(tf_bundle.BundleError, match="no SSTable footer"):
         tf_bundle.read_checkpoint(tmp_path / "bad")
+
+
+class _Payload:
+    """Pickles as a call to open(marker, 'w'): loading it with plain pickle would create the marker."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pytorch_bin_that_is_not_plain_tensors_is_one_line_and_never_runs(tmp_path, params, capsys):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32,
+                                                "n_positions": 32, "vocab_size": 50257}))
+    marker = tmp_path / "payload_ran"
+    torch.save({"transformer.wte.weight": torch.zeros(2, 2), "extra": _Payload(marker)}, hf / "pytorch_model.bin")
+    assert cli.main(["eval", "--run", str(hf), "--data", f"text:{hf / 'config.json'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gpt2-jax: error: {hf / 'pytorch_model.bin'} is not plain tensors (it holds a pickled "
+                   "io.open), so it was not loaded and none of it ran; convert it to model.safetensors "
+                   "where it was made, or use a model.safetensors copy")
+    assert not marker.exists()
+    (hf / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match="is not a readable PyTorch file .*; use model.safetensors instead"):
+        api.load_weights(hf)

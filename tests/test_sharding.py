@@ -139,12 +139,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_rendezvous_meets_every_process():
-    port, errors = _free_port(), []
+def test_rendezvous_meets_every_process_and_links_them_to_process_0():
+    port, errors, links = _free_port(), [], {}
 
     def run(i):
         try:
-            distributed.rendezvous(f"127.0.0.1:{port}", 3, i, 20)
+            links[i] = distributed.rendezvous(f"127.0.0.1:{port}", 3, i, 20)
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 
@@ -154,6 +154,13 @@ def test_rendezvous_meets_every_process():
     for t in threads:
         t.join(30)
     assert not errors and not any(t.is_alive() for t in threads)
+    assert sorted(links[0]) == [1, 2] and list(links[1]) == [0] and list(links[2]) == [0]
+    for i in (1, 2):  # each liveness link joins process 0 to process i
+        links[i][0].sendall(f"hello {i}".encode())
+        assert links[0][i].recv(16) == f"hello {i}".encode()
+    for sockets in links.values():
+        for s in sockets.values():
+            s.close()
 
 
 def test_rendezvous_timeouts_are_one_line_errors():

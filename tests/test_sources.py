@@ -148,3 +148,45 @@ def test_split_after_at_works_for_every_source():
     assert sources.split_source("text:a:b/*.txt@validation") == ("text:a:b/*.txt", "validation")
     assert sources.split_source("shakespeare/milton@test") == ("shakespeare/milton", "test")
     assert sources.split_source("tfds:wiki40b/en@train[:10%]") == ("tfds:wiki40b/en", "train[:10%]")
+
+
+def _held_out_parts(source, data_dir, fraction=0.05):
+    return {part: sources.open_documents(source, f"{part}~holdout{fraction:g}", data_dir)
+            for part in ("train", "validation", "test")}
+
+
+def test_a_glob_without_split_gets_held_out_parts_of_whole_documents(tmp_path):
+    (tmp_path / "docs").mkdir()
+    texts = [f"document {i}: " + "word " * (i % 7 + 3) for i in range(60)]
+    for i, text in enumerate(texts):
+        (tmp_path / "docs" / f"{i:03d}.txt").write_text(text)
+    source = f"text:{tmp_path}/docs/*.txt"
+    assert not sources.has_own_splits(source) and sources.has_own_splits(f"text:{tmp_path}/{{split}}/*.txt")
+    parts = _held_out_parts(source, tmp_path / "data")
+    got = {part: list(docs) for part, docs in parts.items()}
+    assert [len(got[p]) for p in ("train", "validation", "test")] == [54, 3, 3]  # round(0.05 * 60) each
+    assert sorted(got["train"] + got["validation"] + got["test"]) == sorted(texts)  # a partition, whole documents
+    assert not set(got["test"]) & set(got["train"]) and not set(got["validation"]) & set(got["train"])
+    assert got == {part: list(docs) for part, docs in _held_out_parts(source, tmp_path / "data").items()}
+    assert all(got[p] == [t for t in texts if t in got[p]] for p in got)  # each part keeps document order
+    cut = parts["test"].fingerprint["holdout"]
+    assert cut == {"part": "test", "fraction": 0.05, "of_documents": 60, "by": "documents", "documents": 3}
+
+
+def test_a_single_file_is_cut_by_characters_and_tokenized_apart(tmp_path):
+    text = "".join(f"line {i} of the only file\n" for i in range(400))
+    (tmp_path / "one.txt").write_text(text)
+    source = f"text:{tmp_path}/one.txt"
+    parts = _held_out_parts(source, tmp_path / "data", 0.1)
+    train, validation, test = (parts[p][0] for p in ("train", "validation", "test"))
+    assert train + validation + test == text and len(test) == len(validation) == round(0.1 * len(text))
+    assert text.endswith(test) and text.startswith(train)
+    path = tokens.prepare_split(source, "test~holdout0.1", BYTE, tmp_path / "data", show_progress=False)
+    split = tokens.load_split(path, BYTE)
+    assert BYTE.decode(np.asarray(split.tokens).tolist()) == test
+    assert split.header["source_fingerprint"]["holdout"]["by"] == "characters"
+    assert sources.split_source(f"{source}@test~holdout0.1") == (source, "test~holdout0.1")
+    with pytest.raises(ValueError, match=r"is a held-out part, which only a text:/jsonl: source without \{split\}"):
+        sources.open_documents(f"text:{tmp_path}/{{split}}.txt", "test~holdout0.1", tmp_path / "data")
+    with pytest.raises(ValueError, match=r"held-out fraction must be in \(0, 0.5\), got 0.7"):
+        sources.open_documents(source, "test~holdout0.7", tmp_path / "data")

@@ -4,45 +4,36 @@ The latest step is never deleted; besides it the best `keep_best` steps by valid
 the last `max_to_keep` steps are kept. Restoring takes an abstract target built for the current
 devices, so the arrays land wherever the caller wants them, whatever mesh wrote them.
 
-Damage is found before Orbax is asked to read a step: once a save is finalized its step is
-sealed with a list of its files and their sizes (`files.json`), so a file cut short or missing
-and garbage in a JSON file are reported by name. Nothing here deletes a damaged step; callers
-move it aside (`set_aside`) and say where.
+Damage is found before Orbax is asked to read a step: every step is sealed with a list of its
+files, their sizes and CRC-32 checksums (`files.json`), written by Orbax's background save thread
+just before the step's directory is renamed into place (so a step that exists is sealed), so a
+file cut short, missing or with flipped bytes and garbage in a JSON file are reported by name.
+A step without a seal (an older run's) that Orbax cannot decode is reported the same way.
+Nothing here deletes a damaged step; callers move it aside (`set_aside`) and say where.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
+import zlib
 from typing import Any, Iterable
 
 import jax
 import orbax.checkpoint as ocp
 
+from gpt2_jax.checkpoint import faults
+from gpt2_jax.checkpoint.faults import TMP_MARK, CheckpointError, CheckpointWriteError, DamagedCheckpoint
+
 CHECKPOINT_SUBDIR = "checkpoints"
-MANIFEST = "files.json"  # {relative path: size in bytes} of a finalized step
+MANIFEST = "files.json"  # {relative path: [size in bytes, CRC-32]} of a finalized step (older runs: size only)
 JSON_FILES = ("config/metadata", "meta/metadata", "state/_METADATA")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the run, step and the fix."""
-
-
-class DamagedCheckpoint(CheckpointError):
-    """A step whose files are not what was saved (cut short, missing, garbage); `.step`, `.file`."""
-
-    def __init__(self, directory: pathlib.Path, step: int, file: str, problem: str):
-        self.step, self.file = step, file
-        super().__init__(f"checkpoint step {step} in {directory} is damaged: {file} {problem}")
 
 
 def _best_metric(metrics: dict[str, Any]) -> float:
     return float(metrics.get("val_loss", float("inf")))
-
-
-def _one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
 def checkpoint_dir(run_dir: str | pathlib.Path) -> pathlib.Path:
@@ -58,14 +49,36 @@ def make_manager(run_dir: str | pathlib.Path, max_to_keep: int = 3, keep_best: i
         # reverse=True ranks the lowest validation loss first.
         policies.append(ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, reverse=True, n=keep_best,
                                                            keep_checkpoints_without_metrics=False))
+    background_seal = async_save and not read_only  # else `seal` runs after each save returns
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        async_options=ocp.AsyncOptions(post_finalization_callback=functools.partial(
+            _seal_in_flight, checkpoint_dir(run_dir))) if background_seal else None,
+        # best_fn makes Orbax write each step's metrics to disk, so `best` survives a restart.
+        best_fn=_best_metric if keep_best > 0 else None, best_mode="min",
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only,  # the unfinished save of a killed run
         create=not read_only,
         read_only=read_only,
     )
+    faults.quiet_reraised_save_errors()
+    faults.quiet_closed_loop_callbacks()  # a failed write also leaves tensorstore callbacks on a closed loop
     return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options)
+
+
+def _checked(manager: ocp.CheckpointManager, action, *args, **kwargs):
+    """action(...) with a failed (background) write turned into one CheckpointWriteError."""
+    try:
+        return action(*args, **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as e:  # Orbax re-raises its background thread's error, whatever its type
+        raise faults.write_error(manager.directory, e) from None
+
+
+def check_for_errors(manager: ocp.CheckpointManager) -> None:
+    """Raise CheckpointWriteError if a background save has already failed (does not wait)."""
+    _checked(manager, manager.check_for_errors)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, config: dict, meta: dict,
@@ -75,19 +88,19 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: dict, me
     Orbax first waits for the previous save, which is then sealed; the call returns once the
     arrays are copied off the devices, while the files are written in the background.
     """
-    manager.wait_until_finished()
+    _checked(manager, manager.wait_until_finished)
     seal(manager)
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(config),
         meta=ocp.args.JsonSave(meta),
     )
-    return manager.save(step, args=args, metrics=metrics or {}, force=force)
+    return _checked(manager, manager.save, step, args=args, metrics=metrics or {}, force=force)
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
     """Wait for the save in flight and seal every finalized step."""
-    manager.wait_until_finished()
+    _checked(manager, manager.wait_until_finished)
     seal(manager)
 
 
@@ -96,22 +109,44 @@ def step_dir(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
     return pathlib.Path(manager.directory) / str(step)
 
 
-def _files(root: pathlib.Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != MANIFEST}
+def crc32(path: pathlib.Path, chunk: int = 16 << 20) -> int:
+    """The CRC-32 (zlib's) of a file's bytes, read in chunks."""
+    value = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            value = zlib.crc32(block, value)
+    return value
+
+
+def _files(root: pathlib.Path) -> dict[str, list[int]]:
+    return {str(p.relative_to(root)): [p.stat().st_size, crc32(p)] for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in (MANIFEST, f".{MANIFEST}.tmp")}
+
+
+def _write_seal(root: pathlib.Path) -> None:
+    tmp = root / f".{MANIFEST}.tmp"
+    rows = [f"{json.dumps(rel)}: [{size}, {crc}]" for rel, (size, crc) in _files(root).items()]
+    tmp.write_text("{\n" + ",\n".join(rows) + "\n}\n")  # one file per line
+    os.replace(tmp, root / MANIFEST)  # atomic: a half-written list is never read
+
+
+def _seal_in_flight(directory: pathlib.Path) -> None:
+    """Orbax's post-finalization callback (process 0, background save thread): seal the step being
+    written, whose items are complete and whose directory is renamed into place right after."""
+    in_flight = [p for p in directory.glob(f"*{TMP_MARK}*") if p.is_dir() and p.name.split(".")[0].isdigit()]
+    if in_flight:  # one save at a time; an older leftover was cleaned up when the manager started
+        _write_seal(max(in_flight, key=lambda p: p.stat().st_mtime_ns))
 
 
 def seal(manager: ocp.CheckpointManager, steps: Iterable[int] | None = None) -> None:
     """Write the file list of each finalized step (default: all) that has none (process 0; a step's
-    files never change after it is finalized)."""
+    files never change after it is finalized). Async saves are sealed in the background already."""
     if jax.process_index() != 0:
         return
     for step in manager.all_steps() if steps is None else steps:
         root = step_dir(manager, step)
         if root.is_dir() and not (root / MANIFEST).exists():
-            tmp = root / f".{MANIFEST}.tmp"
-            tmp.write_text(json.dumps(_files(root), indent=0))
-            os.replace(tmp, root / MANIFEST)  # atomic: a half-written list is never read
+            _write_seal(root)
 
 
 def _tree_keys(metadata: dict) -> set[tuple[str, ...]]:
@@ -129,7 +164,8 @@ def check_step(manager: ocp.CheckpointManager, step: int, target: Any = None,
     """Raise DamagedCheckpoint naming the file if the files of `items` at step are not what was saved.
 
     Checks that their JSON files parse, that every array of `target` (abstract state, optional)
-    is listed in state/_METADATA, and that each of their files the seal lists is there with its size.
+    is listed in state/_METADATA, and that each of their files the seal lists is there with its
+    size and checksum (which reads every byte of those files).
     """
     root = step_dir(manager, step)
     where = manager.directory
@@ -140,7 +176,8 @@ def check_step(manager: ocp.CheckpointManager, step: int, target: Any = None,
     parsed = {rel: _parse_json(where, step, root, rel) for rel in JSON_FILES if rel.split("/")[0] in items}
     if target is not None:
         _check_arrays(where, step, root, target, parsed["state/_METADATA"], listed.get("state/_METADATA"))
-    for rel, size in listed.items():
+    for rel, sealed in listed.items():
+        size, crc = (sealed, None) if isinstance(sealed, int) else sealed
         path = root / rel
         if not path.exists():
             raise DamagedCheckpoint(where, step, rel, "is missing")
@@ -148,6 +185,9 @@ def check_step(manager: ocp.CheckpointManager, step: int, target: Any = None,
         if now != size:
             raise DamagedCheckpoint(where, step, rel, f"is cut short ({now} of {size} bytes)" if now < size
                                     else f"has changed ({now} bytes, {size} when saved)")
+        if crc is not None and crc32(path) != crc:
+            raise DamagedCheckpoint(where, step, rel, f"has changed bytes (CRC-32 {crc32(path):08x}, "
+                                    f"{crc:08x} when saved)")
 
 
 def _parse_json(where: pathlib.Path, step: int, root: pathlib.Path, rel: str) -> Any:
@@ -157,7 +197,7 @@ def _parse_json(where: pathlib.Path, step: int, root: pathlib.Path, rel: str) ->
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DamagedCheckpoint(where, step, rel, f"is not valid JSON ({_one_line(e)})") from None
+        raise DamagedCheckpoint(where, step, rel, f"is not valid JSON ({faults.one_line(e)})") from None
 
 
 def _check_arrays(where: pathlib.Path, step: int, root: pathlib.Path, target: Any, metadata: dict,
@@ -201,18 +241,19 @@ def restore_json(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]
                                                               meta=ocp.args.JsonRestore()))
     except Exception as e:  # Orbax raises several types for a damaged item.
         raise CheckpointError(f"cannot read config/meta of step {step} in {manager.directory}: "
-                              f"{_one_line(e)}") from None
+                              f"{faults.one_line(e)}") from None
     return dict(out.config), dict(out.meta)
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
     """Restore the `state` item at step onto the shardings of abstract_state (ShapeDtypeStructs)."""
     check_step(manager, step, abstract_state)
+    faults.quiet_closed_loop_callbacks()  # before: tensorstore's callbacks may print while the restore fails
     try:
         out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     except Exception as e:
-        raise CheckpointError(f"cannot restore state of step {step} from {manager.directory}: "
-                              f"{_one_line(e)}") from None
+        raise faults.damage(manager.directory, step, e) or CheckpointError(
+            f"cannot restore state of step {step} from {manager.directory}: {faults.one_line(e)}") from None
     return out.state
 
 
@@ -220,13 +261,14 @@ def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params: A
     """Only the params of the `state` item at step (no optimizer state is read), cast to the target's dtypes."""
     target = {"params": abstract_params}
     check_step(manager, step, target)
+    faults.quiet_closed_loop_callbacks()
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), target)
     try:
         out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=target, restore_args=restore_args, partial_restore=True)))
     except Exception as e:
-        raise CheckpointError(f"cannot restore params of step {step} from {manager.directory}: "
-                              f"{_one_line(e)}") from None
+        raise faults.damage(manager.directory, step, e) or CheckpointError(
+            f"cannot restore params of step {step} from {manager.directory}: {faults.one_line(e)}") from None
     return out.state["params"]
 
 

@@ -43,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     common.add_gpu_xla_flags(env)  # before JAX starts a backend
     try:
         return args.handler(args, common.split_overrides(extra), env)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: e.g. a full disk, naming the file
+        from gpt2_jax.parallel import watchdog
+
+        if type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):  # a collective failed: if a process was
+            watchdog.defer()  # lost, the watchdog names it in one line and exits
         if args.debug:
             raise
         msg = " ".join(str(e).split())
         print(f"gpt2-jax: error: {msg}", file=sys.stderr)
+        watchdog.leave(failed=True)  # the other processes of a run wait a moment for their own error line
         return 1 if type(e).__name__ == "TrainingDiverged" else 2
 
 

@@ -44,8 +44,11 @@ def prepare(args, overrides: list[str], env) -> int:
     if args.config:
         from gpt2_jax import config as config_lib
 
-        d = config_lib.load_config(args.config, overrides).data
-        source, splits = d.source, [s for s in (d.train_split, d.eval_split, d.test_split) if s]
+        from gpt2_jax.jobs import pretrain
+
+        cfg = config_lib.load_config(args.config, overrides)
+        d = cfg.data
+        source, splits = d.source, list(pretrain.role_splits(cfg).values())
         tokenizer, data_dir, text_field = d.tokenizer, d.data_dir, d.text_field
     elif overrides:
         raise common.UsageError("--config.* overrides need --config")
@@ -62,7 +65,7 @@ def prepare(args, overrides: list[str], env) -> int:
                                     show_progress=progress.bars_wanted(not args.quiet), text_field=text_field,
                                     workers=workers)
         h = tokens.load_split(path, tok).header
-        print(f"{source}:{split}: {h['num_tokens']:,} tokens ({h['dtype']}, {len(h['shards'])} shards), "
+        print(f"{source}@{split}: {h['num_tokens']:,} tokens ({h['dtype']}, {len(h['shards'])} shards), "
               f"{h['num_documents']:,} documents, {h['num_bytes']:,} bytes -> {path}", flush=True)
     return 0
 

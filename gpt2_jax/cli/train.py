@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     g.add_argument("--process-id", type=int, help="this process's id, 0..N-1")
     g.add_argument("--local-device-ids", help="comma-separated local device ids this process uses, e.g. 0")
     g.add_argument("--coordinator-timeout", type=int, default=300, help="seconds to wait for all processes")
+    g.add_argument("--heartbeat-timeout", type=int, default=30,
+                   help="seconds without a heartbeat before a process is given up and the run stops (a killed "
+                        "process is noticed at once)")
     t.set_defaults(handler=run)
 
 
@@ -40,8 +43,10 @@ def join_cluster(args, env) -> None:
     """Initialize jax.distributed from the flags or the launcher's environment (before any JAX work)."""
     from gpt2_jax.parallel import distributed
 
+    if args.heartbeat_timeout < 1:
+        raise common.UsageError(f"--heartbeat-timeout must be >= 1 second, got {args.heartbeat_timeout}")
     spec = distributed.detect(args.coordinator, args.num_processes, args.process_id, args.local_device_ids,
-                              args.coordinator_timeout, env=env)
+                              args.coordinator_timeout, env=env, heartbeat_s=args.heartbeat_timeout)
     distributed.initialize(spec)
     if spec.mode != "single":
         import jax
@@ -64,5 +69,11 @@ def run(args, overrides: list[str], env) -> int:
         cfg.train.progress = False
     say = print if distributed.is_primary() else common.silent  # one process speaks for the run
     say(f"config ({args.config}):\n{config_lib.to_json(cfg)}", flush=True)
-    pretrain.run(cfg, say)
+    try:
+        pretrain.run(cfg, say)
+    except SystemExit as e:
+        if not e.code:  # stopped by a signal, checkpoint saved: a clean exit
+            distributed.leave()
+        raise
+    distributed.leave()  # the other processes must not take this one's exit for a loss
     return 0

@@ -11,8 +11,9 @@ A source string names the corpus; a split picks a part of it:
 * `jsonl:GLOB:FIELD`: each non-blank line of each matching file is a JSON object, `FIELD` its text.
 
 In `text:`/`jsonl:` globs, `{split}` is replaced by the split name (`text:corpus/{split}/*.txt`);
-without it every split reads the same files. These local files become a `local_files` TFDS
-dataset in `data_dir` (array_record, no TensorFlow), rebuilt when a file changes.
+without it every split reads the same files, and the held-out parts of `holdout.py` (split names
+`train~holdout0.05`, `validation~...`, `test~...`) carve it instead. These local files become a
+`local_files` TFDS dataset in `data_dir` (array_record, no TensorFlow), rebuilt when a file changes.
 
 Where one split is meant (`gpt2-jax prepare`, `eval`, `table`) a source may pin it: `SOURCE@SPLIT`
 for any source, or `SOURCE:SPLIT` for shakespeare and `tfds:` ones (`tfds:lm1b:test`); see `split_source`.
@@ -28,6 +29,7 @@ import re
 from typing import Any, Iterator, Sequence
 
 from gpt2_jax import verbosity
+from gpt2_jax.data import holdout
 
 SHAKESPEARE_SOURCES = {
     "shakespeare": "plays",
@@ -37,7 +39,7 @@ SHAKESPEARE_SOURCES = {
 }
 TEXT_PREFIX, JSONL_PREFIX, TFDS_PREFIX = "text:", "jsonl:", "tfds:"
 TFDS_NAMESPACES = ("huggingface", "kaggle")  # `tfds:huggingface:wikitext/...`: the colon is part of the name
-_SPLIT = re.compile(r"^[A-Za-z0-9_.+%\[\]:-]+$")
+_SPLIT = re.compile(r"^[A-Za-z0-9_.+%\[\]:~-]+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,14 +98,29 @@ def split_source(source: str) -> tuple[str, str | None]:
     return canonical_source(head), tail
 
 
-def open_documents(source: str, split: str, data_dir: str | os.PathLike, text_field: str = "text") -> Documents:
+def has_own_splits(source: str) -> bool:
+    """False for a `text:`/`jsonl:` glob without `{split}`, whose every split reads the same files."""
+    source = canonical_source(source)
+    return not (source.startswith((TEXT_PREFIX, JSONL_PREFIX)) and "{split}" not in source)
+
+
+def open_documents(source: str, split: str, data_dir: str | os.PathLike,
+                   text_field: str = "text") -> Documents | holdout.HeldOut:
     """Returns the documents of `split` of `source` (prepared in `data_dir` first when local).
 
     Shakespeare and local files are built on first use (one printed line says so); catalog TFDS
     datasets must already be prepared. Unknown sources, splits or fields raise one line naming
-    the valid choices and the fix.
+    the valid choices and the fix. A held-out part name (`test~holdout0.05`) of a source without
+    splits of its own gives that part of all its documents.
     """
     source = canonical_source(source)
+    held = holdout.parse(split)
+    if held:
+        if has_own_splits(source):
+            raise ValueError(f"split {split!r} is a held-out part, which only a text:/jsonl: source without "
+                             f"{{split}} in its glob has; {source} has splits of its own: name one of them")
+        whole = open_documents(source, "whole", data_dir, text_field)
+        return holdout.HeldOut(whole, *held, text_field=whole.text_field)
     data_dir = pathlib.Path(data_dir).expanduser()
     if source.startswith(TFDS_PREFIX):
         records, fingerprint = _catalog_split(source[len(TFDS_PREFIX):], split, data_dir)

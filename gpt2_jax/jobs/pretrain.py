@@ -12,7 +12,7 @@ import jax
 from ml_collections import config_dict
 
 from gpt2_jax import config as config_lib
-from gpt2_jax.data import tokenizers
+from gpt2_jax.data import holdout, sources, tokenizers
 from gpt2_jax.data import tokens as tokens_lib
 from gpt2_jax.generate import decode as generate
 from gpt2_jax.model import gpt2 as model_lib
@@ -31,7 +31,7 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> l
         raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
                                      f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
     splits = {}
-    roles = [(role, d[f"{role}_split"]) for role in ("train", "eval", "test") if d[f"{role}_split"]]
+    roles = list(role_splits(cfg).items())
     if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
         for _, name in roles:
             tokens_lib.prepare_split(d.source, name, tokenizer, data_dir,
@@ -42,6 +42,30 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> l
         splits[role] = tokens_lib.load_split(tokens_lib.split_dir(d.source, name, tokenizer, data_dir), tokenizer)
     schedule, optimizer = optimizers.optimizer_from_config(cfg)
     return loop.Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits)
+
+
+def role_splits(cfg: config_dict.ConfigDict) -> dict[str, str]:
+    """{role (train, eval, test): split name} the run reads: the configured splits, or the held-out
+    parts of a source without splits of its own (data.holdout_fraction > 0)."""
+    d = cfg.data
+    names = {role: d[f"{role}_split"] for role in ("train", "eval", "test") if d[f"{role}_split"]}
+    return holdout.role_splits(sources.has_own_splits(d.source), names, d.holdout_fraction)
+
+
+def describe_split(cfg: config_dict.ConfigDict, role: str, header: dict) -> str:
+    """What the split of `role` is, in words: a held-out part, the same text as training, or the source's own."""
+    held = holdout.describe(header.get("source_fingerprint", {}))
+    if held:
+        return held
+    if not sources.has_own_splits(cfg.data.source):
+        return ("the same text as train, NOT held out: the glob has no {split} and data.holdout_fraction=0"
+                if role != "train" else "every file of the glob")
+    return f"the source's own {header.get('split')!r} split"
+
+
+def held_out(cfg: config_dict.ConfigDict) -> bool:
+    """Whether the test split is text that training never reads."""
+    return sources.has_own_splits(cfg.data.source) or cfg.data.holdout_fraction > 0
 
 
 def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
@@ -64,14 +88,19 @@ def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[s
         f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
     for role, split in comps.splits.items():
         h = split.header
-        say(f"data {role}: {cfg.data.source}:{h.get('split')} {h['num_tokens']:,} tokens, "
-            f"{h['num_bytes']:,} bytes, {h['num_documents']} documents", flush=True)
+        say(f"data {role}: {cfg.data.source}@{h.get('split')}, {h['num_tokens']:,} tokens, {h['num_bytes']:,} "
+            f"bytes, {h['num_documents']} documents; {describe_split(cfg, role, h)}", flush=True)
+    if "eval" not in comps.splits:
+        say("data eval: none (data.eval_split is empty): no periodic evaluation, no early stopping, and the "
+            "'best' checkpoint is the latest", flush=True)
     out = loop.fit(comps, echo=say)
     r = out["results"]
-    say(f"validation: loss {r['val_loss']:.4f} nats/token, ppl {r['val_ppl']:.3f}, "
-        f"bits/byte {r['val_bpb']:.4f}", flush=True)
+    if "val_loss" in r:
+        say(f"validation: loss {r['val_loss']:.4f} nats/token, ppl {r['val_ppl']:.3f}, "
+            f"bits/byte {r['val_bpb']:.4f}", flush=True)
     if "test_loss" in r:
-        say(f"test (held out): loss {r['test_loss']:.4f} nats/token, ppl {r['test_ppl']:.3f}, "
+        label = "test (held out)" if held_out(cfg) else "test (the training text itself, NOT held out)"
+        say(f"{label}: loss {r['test_loss']:.4f} nats/token, ppl {r['test_ppl']:.3f}, "
             f"bits/byte {r['test_bpb']:.4f}", flush=True)
     run_dir = os.path.abspath(cfg.train.run_dir)
     say(f"checkpoint: {run_dir}/checkpoints/{r['step']}; loss curve: {run_dir}/loss.png", flush=True)

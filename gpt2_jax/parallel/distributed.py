@@ -4,7 +4,8 @@ coordinator, initialize `jax.distributed`; and the few collective helpers the lo
 JAX aborts the whole process (a C++ fatal error with a stack dump) when the coordinator cannot be
 reached in time, so an explicit cluster first meets at the coordinator's port over plain TCP:
 a process that cannot reach it, or a coordinator that does not see every process, fails with one
-line naming the address, the counts and the fix, before JAX starts.
+line naming the address, the counts and the fix, before JAX starts. The meeting also opens the
+liveness links of `watchdog.py`, which stop the run in one line when a process is lost mid-run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Mapping
 
 import jax
 import numpy as np
+
+from gpt2_jax.parallel import watchdog
 
 ENV_PREFIX = "GPT2_JAX_"  # GPT2_JAX_COORDINATOR, GPT2_JAX_NUM_PROCESSES, GPT2_JAX_PROCESS_ID
 
@@ -35,12 +38,18 @@ class ClusterSpec:
     local_device_ids: tuple[int, ...] | None = None
     timeout_s: int = 300
     source: str = ""  # where the settings came from, for the log line
+    heartbeat_s: int = 30  # a process silent this long is given up (watchdog.py; JAX's own check is later)
 
 
 def detect(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
            local_device_ids: str | None = None, timeout_s: int = 300,
-           env: Mapping[str, str] | None = None) -> ClusterSpec:
+           env: Mapping[str, str] | None = None, heartbeat_s: int = 30) -> ClusterSpec:
     """The ClusterSpec from explicit flags, else GPT2_JAX_* variables, else SLURM / TPU-pod detection."""
+    return dataclasses.replace(_detect(coordinator, num_processes, process_id, local_device_ids, timeout_s, env),
+                               heartbeat_s=heartbeat_s)
+
+
+def _detect(coordinator, num_processes, process_id, local_device_ids, timeout_s, env) -> ClusterSpec:
     env = dict(env or {})
     ids = tuple(int(i) for i in local_device_ids.split(",")) if local_device_ids else None
     source = "flags"
@@ -82,20 +91,28 @@ def initialize(spec: ClusterSpec) -> None:
     """Join the run described by spec (no-op when alone); must run before any JAX computation."""
     if spec.mode == "single":
         return
+    # JAX's own check gives up later than the watchdog, which names the lost process in one line.
+    jax_heartbeat = max(100, spec.heartbeat_s + 30)
     if spec.mode == "explicit":
-        rendezvous(spec.coordinator, spec.num_processes, spec.process_id, spec.timeout_s)
+        links = rendezvous(spec.coordinator, spec.num_processes, spec.process_id, spec.timeout_s)
         jax.distributed.initialize(spec.coordinator, spec.num_processes, spec.process_id,
                                    local_device_ids=spec.local_device_ids,
-                                   initialization_timeout=spec.timeout_s)
-    else:
-        jax.distributed.initialize(local_device_ids=spec.local_device_ids, initialization_timeout=spec.timeout_s)
+                                   initialization_timeout=spec.timeout_s, heartbeat_timeout_seconds=jax_heartbeat)
+        watchdog.start(links, spec.process_id, spec.num_processes, spec.heartbeat_s)
+    else:  # SLURM / TPU pods: no rendezvous of ours, so JAX's heartbeat check alone
+        jax.distributed.initialize(local_device_ids=spec.local_device_ids, initialization_timeout=spec.timeout_s,
+                                   heartbeat_timeout_seconds=spec.heartbeat_s)
 
 
-def rendezvous(coordinator: str, num_processes: int, process_id: int, timeout_s: float) -> None:
-    """Meet every process at coordinator's port over TCP, or raise DistributedError within timeout_s.
+def rendezvous(coordinator: str, num_processes: int, process_id: int,
+               timeout_s: float) -> dict[int, socket.socket]:
+    """Meet every process at coordinator's port over TCP, or raise DistributedError within timeout_s;
+    returns this process's liveness links ({peer process id: socket}) for `watchdog.start`.
 
-    Process 0 listens and answers once all others have connected; the others close first, so the
-    port is free (no server-side TIME_WAIT) when JAX's coordination service binds it.
+    Process 0 listens and answers once all others have connected, with the port of a second
+    listener where each of them then opens its liveness link; the others close the first
+    connection first, so the port is free (no server-side TIME_WAIT) when JAX's coordination
+    service binds it.
     """
     host, port = coordinator.rsplit(":", 1)
     port = int(port)
@@ -103,12 +120,11 @@ def rendezvous(coordinator: str, num_processes: int, process_id: int, timeout_s:
     fix = (f"start all {num_processes} processes with the same --coordinator (process 0's reachable HOST:PORT) "
            f"within --coordinator-timeout={timeout_s:g} s, and check the port is open")
     if process_id == 0:
-        _serve(port, num_processes, deadline, coordinator, fix)
-    else:
-        _join(host, port, process_id, num_processes, deadline, coordinator, fix)
+        return _serve(port, num_processes, deadline, coordinator, fix)
+    return _join(host, port, process_id, num_processes, deadline, coordinator, fix)
 
 
-def _serve(port: int, num_processes: int, deadline: float, coordinator: str, fix: str) -> None:
+def _serve(port: int, num_processes: int, deadline: float, coordinator: str, fix: str) -> dict[int, socket.socket]:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -133,34 +149,68 @@ def _serve(port: int, num_processes: int, deadline: float, coordinator: str, fix
                 continue
             conn.settimeout(max(deadline - time.monotonic(), 1.0))
             peers[int(conn.recv(16).decode().strip() or -1)] = conn
-        for conn in peers.values():
-            conn.sendall(b"go\n")
+        links = _accept_links(peers, deadline)
         for conn in peers.values():  # wait for each peer to close first
             try:
                 conn.recv(16)
             except OSError:
                 pass
+        return links
     finally:
         for conn in peers.values():
             conn.close()
         server.close()
 
 
+def _accept_links(peers: dict[int, socket.socket], deadline: float) -> dict[int, socket.socket]:
+    """Tell every peer 'go <port>' and accept its liveness link on that port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("", 0))
+    listener.listen(len(peers))
+    links: dict[int, socket.socket] = {}
+    try:
+        for conn in peers.values():
+            conn.sendall(f"go {listener.getsockname()[1]}\n".encode())
+        listener.settimeout(max(deadline - time.monotonic(), 5.0))
+        while len(links) < len(peers):
+            link, _ = listener.accept()
+            link.settimeout(max(deadline - time.monotonic(), 5.0))
+            links[int(link.recv(16).decode().strip() or -1)] = link
+    except OSError as e:
+        for link in links.values():
+            link.close()
+        raise DistributedError(f"{len(links)} of {len(peers)} processes opened their liveness link to process 0 "
+                               f"({e}); check that process 0's host accepts connections on any port") from None
+    finally:
+        listener.close()
+    return links
+
+
 def _join(host: str, port: int, process_id: int, num_processes: int, deadline: float, coordinator: str,
-          fix: str) -> None:
+          fix: str) -> dict[int, socket.socket]:
     while True:
         try:
             with socket.create_connection((host, port), timeout=max(min(deadline - time.monotonic(), 5.0), 0.1)) as s:
                 s.sendall(f"{process_id}\n".encode())
                 s.settimeout(max(deadline - time.monotonic(), 0.1))
-                if s.recv(16).startswith(b"go"):
-                    return
+                answer = s.recv(32)
+                while answer.startswith(b"go") and not answer.endswith(b"\n"):
+                    answer += s.recv(32) or b"\n"
+                if answer.startswith(b"go"):
+                    link = socket.create_connection((host, int(answer.split()[1])), timeout=5.0)
+                    link.sendall(f"{process_id}\n".encode())
+                    return {0: link}
         except OSError:
             pass
         if time.monotonic() >= deadline:
             raise DistributedError(f"process {process_id} of {num_processes} could not reach the coordinator "
                                    f"{coordinator} (or not every process arrived); {fix}")
         time.sleep(0.2)
+
+
+def leave() -> None:
+    """A clean exit of this process: the others' watchdogs must not take it for a loss."""
+    watchdog.leave()
 
 
 def is_primary() -> bool:

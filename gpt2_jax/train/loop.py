@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 from orbax.checkpoint import __version__ as ocp_version
@@ -34,6 +35,35 @@ from gpt2_jax.version import __version__
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Stop once `patience` evaluations in a row have not lowered the best validation loss (0: never)."""
+
+    patience: int
+    best: float = math.inf
+    best_step: int = 0
+    waited: int = 0
+
+    def update(self, step: int, val_loss: float) -> bool:
+        """Record one evaluation; True when the run should stop."""
+        if val_loss < self.best:
+            self.best, self.best_step, self.waited = val_loss, step, 0
+        else:
+            self.waited += 1
+        return 0 < self.patience <= self.waited
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def last_good(manager) -> str:
+    """'last good checkpoint: step N in DIR' (or that none was saved), for the NaN guard's messages."""
+    last = manager.latest_step()
+    return f"last good checkpoint: step {last} in {manager.directory}" if last else "no checkpoint saved"
 
 
 @dataclasses.dataclass
@@ -118,7 +148,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
         (run_dir / "config.json").write_text(config_lib.to_json(cfg))
     distributed.sync("run dir ready")
     k = cfg.checkpoint
-    manager = ckpt.make_manager(run_dir, k.max_to_keep, k.keep_best, k.async_save)
+    has_eval = "eval" in c.splits  # data.eval_split may be empty: no periodic eval, best step or early stop
+    manager = ckpt.make_manager(run_dir, k.max_to_keep, k.keep_best if has_eval else 0, k.async_save)
     state = resume.restore_or_init(c, steps, manager, echo)
     writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard) if primary else None
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
@@ -134,6 +165,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     # Across processes the stop decision is collective (all save together), checked every log_every steps.
     stop_every = 1 if jax.process_count() == 1 else t.log_every
     last_val: dict[str, float] = {}
+    early = EarlyStopping(t.patience)
     log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager, flops.total_peak_flops(),
                     train_tokens=c.splits["train"].num_tokens)
     profiler = profiling.ProfileWindow(profiling.parse_steps(t.profile_steps), run_dir / "profile")
@@ -145,11 +177,15 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     def save(step):
         log.flush()  # never checkpoint a state whose loss has not been checked
         if step not in saved:
+            if not bool(_all_finite(state.params)):  # the update of `step` itself may have overflowed
+                raise TrainingDiverged(f"the update of step {step} made the parameters NaN/inf; not saved; stopped "
+                                       f"({last_good(manager)}); lower optim.lr or raise optim.warmup_steps")
             ckpt.save(manager, step, state, cfg.to_dict(), _meta(c, step, last_val),
                       metrics={"val_loss": last_val["val_loss"]} if "val_loss" in last_val else None)
             saved.add(step)
 
     batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, t.steps, cfg.data.prefetch)
+    last, failed = start, True
     try:
         for step in range(start, t.steps):
             profiler.before(step)
@@ -157,18 +193,26 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             profiler.after(step, step_metrics)
             log.push(step + 1, step_metrics)  # logs the previous step's metrics, one step late
             shown.update()
-            done = step + 1
-            if done % t.eval_every == 0 or done == t.steps:
+            done = last = step + 1
+            stop_early = False
+            if has_eval and (done % t.eval_every == 0 or done == t.steps):
                 log.flush()
                 with shown.paused():
                     last_val = {f"val_{k}": v for k, v in run_eval(state.params).items()}
                 log.write(done, last_val)
                 shown.evaluated(done, last_val, sampled if not last_val.get("val_complete") else "")
                 log.restart_clock()  # keep eval time out of the next tokens/s window
-            if done % k.every == 0 or done == t.steps:
+                stop_early = early.update(done, last_val["val_loss"])
+            if stop_early or done % k.every == 0 or done == t.steps:
                 with shown.paused():
                     save(done)
                 log.restart_clock()
+            if stop_early:
+                echo(f"early stop at step {done}: validation loss has not improved for {t.patience} evaluations "
+                     f"(best {early.best:.4f} at step {early.best_step}; kept as the 'best' checkpoint)")
+                break
+            if done % t.log_every == 0:
+                ckpt.check_for_errors(manager)  # a background save that failed (e.g. disk full) stops the run now
             if done % stop_every == 0 and distributed.any_process(stop["signal"] is not None):
                 save(done)
                 ckpt.finish(manager)
@@ -177,18 +221,23 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 # A preempted job (SIGTERM) ends cleanly so its scheduler does not count a failure; Ctrl-C keeps 130.
                 raise SystemExit(130 if stop["signal"] == "SIGINT" else 0)
         log.flush()
+        failed = False
     finally:
         batches.close()
         profiler.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         shown.close()
-        ckpt.finish(manager)
+        try:
+            ckpt.finish(manager)
+        except ckpt.CheckpointError:
+            if not failed:  # else the error already on its way out is the one to report
+                raise
         if writer is not None:
             writer.close()
     # The reported numbers always score every token of the held-out splits (eval.max_batches is
     # only for the periodic evaluations).
-    results = {"step": t.steps}
+    results = {"step": last}
     for role, prefix in (("eval", "val"), ("test", "test")):
         if role in c.splits:
             full = run_eval(state.params, role, max_batches=None, bars=progress.bars_wanted(t.progress))
@@ -237,10 +286,8 @@ class _TrainLog:
     def _process(self, step: int, device_metrics) -> None:
         m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-            last = self.manager.latest_step()
-            where = f"last good checkpoint: step {last} in {self.manager.directory}" if last else "no checkpoint saved"
             raise TrainingDiverged(f"loss {m['loss']}, grad norm {m['grad_norm']} at step {step}; stopped "
-                                   f"({where}); lower optim.lr or raise optim.warmup_steps")
+                                   f"({last_good(self.manager)}); lower optim.lr or raise optim.warmup_steps")
         if step % self.log_every == 0:
             now = time.perf_counter()
             elapsed = max(now - self.window_start, 1e-9)

@@ -35,8 +35,11 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {"step": int(step), **{f"{prefix}{k}": _plain(v) for k, v in metrics.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # e.g. a full disk: name the file (the error alone does not)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, float):

@@ -8,6 +8,8 @@ config.json + vocab.json + merges.txt) that `transformers.GPT2LMHeadModel.from_p
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -168,7 +170,19 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     except ImportError:
         raise ValueError(f"{path} needs PyTorch to read; pip install torch, or convert it to "
                          "model.safetensors") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a pickled object: nothing of it ran
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"a pickled {found.group(1)}" if found else "pickled objects"
+        raise ValueError(f"{path} is not plain tensors (it holds {what}), so it was not loaded and none of "
+                         "it ran; convert it to model.safetensors where it was made, or use a model.safetensors "
+                         "copy") from None
+    except RuntimeError as e:  # not a torch file at all (truncated, another format)
+        raise ValueError(f"{path} is not a readable PyTorch file ({' '.join(str(e).split())[:160]}); "
+                         "use model.safetensors instead") from None
+    if not isinstance(state, dict) or not all(hasattr(v, "detach") for v in state.values()):
+        raise ValueError(f"{path} is not a state dict of tensors; use model.safetensors instead")
     return {k: _to_numpy(v) for k, v in state.items()}
 
 
