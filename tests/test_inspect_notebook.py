@@ -2,10 +2,10 @@
 every picture."""
 
 import pathlib
+import subprocess
 
 import nbformat
-from nbclient import NotebookClient
-from test_notebook import _kernel, _text
+from test_notebook import _env, _text
 from tiny_run import make_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -16,7 +16,11 @@ def test_inspect_notebook_draws_every_picture(tmp_path):
     nb = nbformat.read(ROOT / "notebooks" / "inspect.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source = f"RUN_DIR = {str(run)!r}\nTEXT = 'Shall I compare thee to a summer'"
-    NotebookClient(nb, km=_kernel(tmp_path), timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbformat.write(nb, tmp_path / "inspect.ipynb")
+    proc = subprocess.run(["jupyter", "execute", "inspect.ipynb", "--output=executed"], cwd=tmp_path,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(o.output_type != "error" for c in code for o in c.outputs)
     summary, numbers, _, _, lens, embed = (_text(c) for c in code[1:])
