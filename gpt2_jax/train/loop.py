@@ -264,9 +264,9 @@ def _best_params(steps, manager, stopper, done: int, params, echo):
     if best not in manager.all_steps():
         echo(f"warning: the best step {best} was not kept (checkpoint.keep_best=0); scoring step {done}")
         return params
-    target = sharding.abstract_on(steps.abstract_state.params, steps.state_sharding.params)
+    target = sharding.abstract_on(steps.abstract_state, steps.state_sharding)
     echo(f"restoring the best checkpoint (step {best}, {stopper.metric} {stopper.best:.6g}) for the final evaluation")
-    return ckpt.restore_params(manager, best, target)
+    return ckpt.restore_state(manager, best, target).params
 
 
 class _TrainLog:
