@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from gpt2_jax.cli import bench, common, data, evaluate, plan, sample, train, weights
+from gpt2_jax.cli import bench, common, data, evaluate, finetune, plan, sample, train, weights
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
+    finetune.add_parser(sub)
     sample.add_parser(sub)
     bench.add_parser(sub)
     data.add_parsers(sub)

@@ -76,7 +76,8 @@ def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, te
 
 def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[str, Any]:
     """Train a validated config end to end, saying what happens through `say` (every process calls
-    this; pass a silent `say` on all but process 0). Returns the held-out results."""
+    this; pass a silent `say` on all but process 0). Returns the held-out results and, under
+    'params', the trained/frozen parameter counts and the optimizer state's bytes."""
     t0 = time.perf_counter()
     comps = build(cfg, say)
     mcfg = comps.model.cfg
@@ -87,9 +88,9 @@ def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[s
         h = split.header
         say(f"data {role}: {cfg.data.source}:{h.get('split')} {h['num_tokens']:,} tokens, "
             f"{h['num_bytes']:,} bytes, {h['num_documents']} documents", flush=True)
+    params = task_build.group_summary(task_build.param_shapes(mcfg, comps.task), comps.param_labels, comps.optimizer)
     if comps.task is not None or comps.param_labels is not None:
-        shapes = task_build.param_shapes(mcfg, comps.task)
-        say(task_build.describe_groups(shapes, comps.param_labels, comps.optimizer), flush=True)
+        say(task_build.describe_groups(params), flush=True)
     out = loop.fit(comps, echo=say)
     r = out["results"]
     for prefix, name in (("val", "validation"), ("test", "test (held out)")):
@@ -107,4 +108,4 @@ def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[s
                                cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)
             say(f"sample:\n{cfg.train.sample_prompt}{text}", flush=True)
     say(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return r
+    return {**r, "params": params}

@@ -90,11 +90,16 @@ def param_labels(cfg: config_dict.ConfigDict, shapes) -> Any:
     return groups.param_labels(shapes, freeze, mults, always)
 
 
-def describe_groups(shapes, labels, optimizer) -> str:
-    """'params: 2,743,488 frozen, 577 trained (lr_x1 577); optimizer state 4,616 bytes'."""
+def group_summary(shapes, labels, optimizer) -> dict:
+    """{'trained', 'frozen', 'groups': {label: params}, 'optimizer_state_bytes'} of a run's params."""
     counts = groups.count_by_label(shapes, labels if labels is not None else jax.tree.map(lambda _: "lr_x1", shapes))
-    trained = {k: v for k, v in counts.items() if k != groups.FROZEN}
-    state = groups.state_bytes(jax.eval_shape(optimizer.init, shapes))
-    per = ", ".join(f"{k} {v:,}" for k, v in sorted(trained.items()))
-    return (f"params: {sum(trained.values()):,} trained ({per}), {counts.get(groups.FROZEN, 0):,} frozen; "
-            f"optimizer state {state:,} bytes")
+    trained = {k: v for k, v in sorted(counts.items()) if k != groups.FROZEN}
+    return {"trained": sum(trained.values()), "frozen": counts.get(groups.FROZEN, 0), "groups": trained,
+            "optimizer_state_bytes": groups.state_bytes(jax.eval_shape(optimizer.init, shapes))}
+
+
+def describe_groups(summary: dict) -> str:
+    """'params: 577 trained (lr_x1 577), 2,743,488 frozen; optimizer state 4,616 bytes'."""
+    per = ", ".join(f"{k} {v:,}" for k, v in summary["groups"].items())
+    return (f"params: {summary['trained']:,} trained ({per}), {summary['frozen']:,} frozen; "
+            f"optimizer state {summary['optimizer_state_bytes']:,} bytes")

@@ -78,15 +78,17 @@ def global_batch(shardings: dict, batch_size: int, make_rows: Callable[[slice], 
 def example_batches(eval_fn: Callable, params, make_rows: Callable[[np.ndarray], dict], num_examples: int,
                     batch_size: int, batch_sharding: dict | None, max_batches: int | None = None,
                     progress: bool = False, desc: str = "eval") -> Iterator[tuple[np.ndarray, Any]]:
-    """(example indices of the batch, -1 for padding rows; eval_fn's outputs on the host) for the
-    examples 0..num_examples-1 in order, batch_size at a time, the last batch padded."""
+    """(example indices of the batch, -1 for padding rows; eval_fn's outputs on the host) for every
+    example once, batch_size at a time, the last batch padded. The examples come in one fixed
+    shuffled order, so the first max_batches batches are a sample of the whole split."""
     total = -(-num_examples // batch_size)
     if max_batches is not None:
         total = min(total, max_batches)
+    padding = np.full(max(total * batch_size - num_examples, 0), -1)
+    order = np.concatenate([np.random.default_rng(0).permutation(num_examples), padding])
     pending = []
     for b in tqdm(range(total), desc=desc, disable=not progress, leave=False):
-        idx = np.arange(b * batch_size, (b + 1) * batch_size)
-        idx[idx >= num_examples] = -1
+        idx = order[b * batch_size:(b + 1) * batch_size]
         if batch_sharding is None:
             batch = make_rows(idx)
         else:
