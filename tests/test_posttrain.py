@@ -99,13 +99,13 @@ def test_partition_errors_are_one_line():
 def test_lora_starts_equal_to_the_base_trains_only_adapters_and_shards_like_its_kernel():
     spec = lora_lib.LoraSpec(rank=4, alpha=8.0, targets=lora_lib.parse_targets("qkv,attn_out,mlp"))
     task = sft.SFTTask(spec)
-    params = step_lib.strip_boxes(task.init_params(CFG, jax.random.key(0), T))
+    boxed = task.init_params(CFG, jax.random.key(0), T)
+    params = step_lib.strip_boxes(boxed)
     ids = np.random.default_rng(0).integers(0, 60, (2, T)).astype(np.int32)
     base = {k: v for k, v in params.items() if k != "lora"}
     apply = jax.jit(MODEL.apply)
     np.testing.assert_array_equal(apply({"params": task.model_params(params)}, ids),
                                   apply({"params": base}, ids))  # exactly: B starts at zero
-    boxed = task.init_params(CFG, jax.random.key(0), T)
     a, b = boxed["lora"]["h_0"]["attn"]["qkv_kernel"]["a"], boxed["lora"]["h_0"]["attn"]["qkv_kernel"]["b"]
     assert a.names == ("embed", None) and b.names == (None, None, "heads", "kv")
     shapes = build.param_shapes(CFG, task)

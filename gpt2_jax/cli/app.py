@@ -19,7 +19,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
-    finetune.add_parser(sub)
+    finetune.add_parsers(sub)
     sample.add_parser(sub)
     bench.add_parser(sub)
     data.add_parsers(sub)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from gpt2_jax.model.gpt2 import GPT2Config
 
+KEY = "lora"  # the adapters' entry at the top of a param tree
 # target name -> (module, kernel, number of input dims, logical names of the kernel)
 TARGETS = {
     "qkv": ("attn", "qkv_kernel", 1, ("embed", None, "heads", "kv")),
@@ -113,6 +114,11 @@ def merge(params: dict, adapters: dict, spec: LoraSpec) -> dict:
             block[module] = mod
         out[layer] = block
     return out
+
+
+def adapter_shapes(cfg: GPT2Config, spec: LoraSpec) -> dict:
+    """Boxed ShapeDtypeStructs of the adapters (their logical names included), without allocating."""
+    return jax.eval_shape(lambda key: init_adapters(cfg, spec, key), jax.random.key(0))
 
 
 def count(cfg: GPT2Config, spec: LoraSpec) -> int:

@@ -40,7 +40,7 @@ from gpt2_jax.model import lora as lora_lib
 from gpt2_jax.parallel import sharding
 from gpt2_jax.train import steps as step_lib
 
-LORA_KEY = "lora"
+LORA_KEY = lora_lib.KEY
 
 
 def body_params(params: dict, lora: lora_lib.LoraSpec | None, extra: tuple[str, ...] = ()) -> dict:
