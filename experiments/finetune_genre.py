@@ -26,7 +26,7 @@ def get_config():
     c.optim.warmup_steps = 20
     c.optim.weight_decay = 0.01
     c.optim.min_lr_ratio = 0.1
-    c.train.steps = 300
+    c.train.steps = 200
     c.train.eval_every = 50
     c.train.log_every = 25
     c.train.early_stopping.metric = "val_accuracy"

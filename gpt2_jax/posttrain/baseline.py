@@ -15,7 +15,7 @@ import numpy as np
 
 from gpt2_jax.posttrain import metrics as metrics_lib
 
-C_GRID = (0.3, 1.0, 3.0, 10.0)
+C_GRID = (0.03, 0.1, 0.3, 1.0)
 
 
 def _sklearn():
