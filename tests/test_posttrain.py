@@ -244,3 +244,24 @@ def test_a_prepared_tfds_dataset_with_a_class_label_feeds_classification(tmp_pat
     assert examples.label_names(pairs, "") == ("neg", "pos")
     with pytest.raises(ValueError, match="has no feature 'label'.*set task.label_field"):
         labelled.read_pairs("tfds:tiny_polarity", "test", tmp_path, text_field="sentence")
+
+
+@pytest.mark.slow  # two compiles over 8 virtual devices: ~40 s of CPU
+def test_a_task_step_with_adapters_and_groups_is_the_same_on_a_2x2x2_mesh():
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(root / "tests" / "posttrain_probe.py")], capture_output=True,
+                          text=True, env=env, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("REPORT "))[len("REPORT "):])
+    assert report["devices"] == 8
+    np.testing.assert_allclose(report["mesh"]["losses"], report["one"]["losses"], rtol=1e-5)
+    # the qkv adapter shards like the qkv kernel's input (embed -> fsdp) and output (heads -> tensor) axes
+    assert report["mesh"]["a_spec"] == "P('fsdp', None)" == report["mesh"]["mu_spec"]
+    assert report["mesh"]["b_spec"] == "P(None, None, 'tensor', None)"
