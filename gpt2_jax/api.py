@@ -1,6 +1,6 @@
 """`load()` a trained run or an export for notebooks and scripts, onto whatever devices exist:
-params, config, tokenizer, generate, logits, perplexity, inspect, embeddings, summary; `load_weights()` reads the
-weights of a run, a Hugging Face or an OpenAI GPT-2 directory alike."""
+params, config, tokenizer, generate, logits, perplexity, inspect, embeddings, summary, and classify for
+classifiers; `load_weights()` reads the weights of a run, a Hugging Face or an OpenAI GPT-2 directory alike."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import pathlib
 from typing import Any, Iterable, Iterator, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from ml_collections import config_dict
@@ -24,8 +25,14 @@ from gpt2_jax.generate import decode as generate
 from gpt2_jax.interpret import embeddings as embeddings_lib
 from gpt2_jax.interpret import forward as interpret
 from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.model import heads
+from gpt2_jax.model import lora as lora_lib
 from gpt2_jax.parallel import sharding
+from gpt2_jax.posttrain import classify as classify_lib
+from gpt2_jax.posttrain import predict
 from gpt2_jax.weights import huggingface, openai
+
+LM_KINDS = ("lm", "sft")  # tasks whose weights are a language model (the tied LM head is trained)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +94,41 @@ class LoadedModel:
     mesh: jax.sharding.Mesh | None = None  # where params live (None: one device)
     source: str = ""  # the run directory or export it came from
     results: dict = dataclasses.field(default_factory=dict)  # the run's results.json when it is of this step
+    task: dict = dataclasses.field(default_factory=lambda: {"kind": "lm"})  # what it was trained for (meta)
+    adapters: Any = None  # LoRA adapters kept apart (load(merge_lora=False)); None: merged or none
     _scorers: dict = dataclasses.field(default_factory=dict, repr=False)  # perplexity's, by batch size
+
+    @functools.cached_property
+    def weights(self) -> Any:
+        """The GPT-2 params the model applies: a head left out, unmerged LoRA adapters merged."""
+        body = {k: v for k, v in self.params.items() if k != heads.SCORE_KEY}
+        if self.adapters is None:
+            return body
+        return lora_lib.merge(body, self.adapters, lora_lib.LoraSpec.from_dict(self.task["lora"]))
+
+    def _language_model(self) -> None:
+        if self.task.get("kind", "lm") not in LM_KINDS:
+            raise ValueError(f"{self.source} is a {self.task['kind']} model (labels {self.task.get('id2label')}), "
+                             "not a language model; use .classify(texts) or gpt2-jax predict")
+
+    def classify(self, texts: str | Sequence[str], batch_size: int = 32):
+        """Predicted label and every label's probability for a text (one predict.Classification) or a
+        list of texts (a list); each text keeps its first data.seq_len tokens, as in training."""
+        if self.task.get("kind") != "classify":
+            raise ValueError(f"{self.source} is a language model, not a classifier (no classification head); "
+                             "fine-tune it with task.kind=classify (see experiments/finetune_genre.py)")
+        single = isinstance(texts, str)
+        out = predict.classify_texts(self._probabilities, self.params, self._classifier, self.tokenizer.encode,
+                                     [texts] if single else list(texts), self.config.data.seq_len, batch_size)
+        return out[0] if single else out
+
+    @functools.cached_property
+    def _classifier(self) -> classify_lib.ClassifyTask:
+        return classify_lib.ClassifyTask(tuple(self.task["id2label"]), int(self.task["pad_token_id"]))
+
+    @functools.cached_property
+    def _probabilities(self):
+        return predict.make_probabilities(self.model, self._classifier)
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 100, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
@@ -100,17 +141,18 @@ class LoadedModel:
         Past the model's context the window slides (truncate='slide'; 'error' refuses, 'left' cuts
         the prompt); beam search stays within one context.
         """
+        self._language_model()
         single = isinstance(prompts, str)
         texts = [prompts] if single else list(prompts)
         ids = [self.tokenizer.encode(t) for t in texts]
         eos = self.tokenizer.eos_id
         if num_beams > 1:
-            beams = generate.beam_search(self.model, self.params, ids, max_new_tokens, num_beams,
+            beams = generate.beam_search(self.model, self.weights, ids, max_new_tokens, num_beams,
                                          length_penalty=length_penalty, eos_id=eos, num_return=num_samples,
                                          truncate=truncate)
             rows = [[_completion(self.tokenizer, t, None, None, stop) for t in per] for per in beams.tokens]
         else:
-            out = generate.generate(self.model, self.params, ids, max_new_tokens, seed, temperature=temperature,
+            out = generate.generate(self.model, self.weights, ids, max_new_tokens, seed, temperature=temperature,
                                     top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                                     num_samples=num_samples, eos_id=eos, return_logprobs=return_logprobs,
                                     truncate=truncate)
@@ -124,7 +166,8 @@ class LoadedModel:
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
                seed: int = 0, truncate: str = "slide") -> Iterator[str]:
         """Yield the continuation's text piece by piece as tokens are decoded (never a broken character)."""
-        ids = generate.stream(self.model, self.params, self.tokenizer.encode(prompt), max_new_tokens, seed,
+        self._language_model()
+        ids = generate.stream(self.model, self.weights, self.tokenizer.encode(prompt), max_new_tokens, seed,
                               temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, eos_id=self.tokenizer.eos_id,
                               truncate=truncate)
@@ -136,8 +179,9 @@ class LoadedModel:
 
     def logits(self, ids) -> jax.Array:
         """Logits (B, T, vocab) for token ids (B, T) or (T,)."""
+        self._language_model()
         ids = jnp.atleast_2d(jnp.asarray(ids, jnp.int32))
-        return self._forward(self.params, ids)[..., : self.model.cfg.vocab_size]
+        return self._forward(self.weights, ids)[..., : self.model.cfg.vocab_size]
 
     def perplexity(self, texts: str | Iterable[str], batch_size: int = 8, *, context: int | None = None,
                    stride: int | None = None, detokenizer: str = "none") -> dict:
@@ -147,10 +191,11 @@ class LoadedModel:
         Each text starts after an EOS (so its first token is scored too); windows of `context`
         tokens (default: the model's) advance by `stride` (default: the context).
         """
+        self._language_model()
         texts = [texts] if isinstance(texts, str) else list(texts)
         if batch_size not in self._scorers:  # compiled shapes are kept for the next call
-            self._scorers[batch_size] = evaluate.TokenScorer(self.model, self.params, batch_size)
-        return evaluate.evaluate_texts(self.model, self.params, texts, self.tokenizer, context=context, stride=stride,
+            self._scorers[batch_size] = evaluate.TokenScorer(self.model, self.weights, batch_size)
+        return evaluate.evaluate_texts(self.model, self.weights, texts, self.tokenizer, context=context, stride=stride,
                                        detokenizer=detokenizer, scorer=self._scorers[batch_size])
 
     def inspect(self, text_or_ids, *, top_k: int = 5, prepend_eos: bool = True,
@@ -229,13 +274,28 @@ def _mesh(devices) -> jax.sharding.Mesh:
     return sharding.make_mesh(sharding.MeshSpec(ici=(1, len(devices), 1)), list(devices))
 
 
-def load(path: str | pathlib.Path, step: str | int = "latest", devices=None, dtype: str | None = None) -> LoadedModel:
+def _abstract_params(mcfg: model_lib.GPT2Config, task: dict, mesh, keep_adapters: bool):
+    """The params to read (a classifier's head, unmerged adapters when asked) placed FSDP-style on mesh."""
+    key = jax.random.key(0)
+    boxed = dict(jax.eval_shape(functools.partial(model_lib.init_params, mcfg, seq_len=1), key))
+    if task.get("kind") == "classify":
+        boxed[heads.SCORE_KEY] = jax.eval_shape(lambda k: heads.init_score(mcfg, int(task["num_labels"]), k), key)
+    if keep_adapters:
+        boxed[lora_lib.KEY] = lora_lib.adapter_shapes(mcfg, lora_lib.LoraSpec.from_dict(task["lora"]))
+    shardings = sharding.param_shardings(boxed, sharding.logical_rules("fsdp+tp"), mesh)
+    return sharding.abstract_on(nn.meta.unbox(boxed), shardings)
+
+
+def load(path: str | pathlib.Path, step: str | int = "latest", devices=None, dtype: str | None = None,
+         merge_lora: bool = True) -> LoadedModel:
     """Load params, config and tokenizer from a run directory (`step`: 'latest' | 'best' | int) or an
     export, without any optimizer state.
 
     devices: None (every local device), a count, or a list of devices; the params are laid out
     over them FSDP-style (one device: whole). dtype: None keeps the saved dtype, else 'float32' |
     'bfloat16' | 'float16' for both params and compute. Works whatever mesh wrote the checkpoint.
+    A classifier keeps its head (`.classify`); a LoRA run's adapters are merged into the weights,
+    or kept apart in `.adapters` with merge_lora=False (`.params` then holds the base weights).
     """
     with verbosity.quiet_logs():  # Orbax's notices about read-only managers
         src = export_lib.open_source(path, step)
@@ -248,14 +308,13 @@ def load(path: str | pathlib.Path, step: str | int = "latest", devices=None, dty
         cfg.model.dtype = cfg.model.param_dtype = dtype
     model = model_lib.GPT2(mcfg)
     mesh = _mesh(devices)
-    boxed = jax.eval_shape(functools.partial(model_lib.init_params, mcfg, seq_len=1), jax.random.key(0))
-    shardings = sharding.param_shardings(boxed, sharding.logical_rules("fsdp+tp"), mesh)
-    abstract = sharding.abstract_on(model_lib.param_shapes(mcfg), shardings)
+    keep_adapters = not merge_lora and src.lora is not None
     with verbosity.quiet_logs():
-        params = src.read_params(abstract)
+        params = dict(src.read_params(_abstract_params(mcfg, src.task, mesh, keep_adapters)))
+    adapters = params.pop(lora_lib.KEY) if keep_adapters else None
     tokenizer = tokenizers.from_spec(src.meta["tokenizer"])
     return LoadedModel(cfg, model, params, tokenizer, src.step, src.meta, mesh=mesh if mesh.size > 1 else None,
-                       source=str(src.path), results=_final_results(src))
+                       source=str(src.path), results=_final_results(src), task=src.task, adapters=adapters)
 
 
 # --------------------------------------------------------------------------- any weights directory
@@ -268,9 +327,12 @@ class Weights:
     params: Any
     tokenizer: Any
     kind: str  # run | hf | openai
+    task: dict = dataclasses.field(default_factory=lambda: {"kind": "lm"})  # a classifier's head meta
 
 
 def _directory_tokenizer(path: pathlib.Path, cfg: model_lib.GPT2Config):
+    if (path / huggingface.TOKENIZER_SPEC).is_file():  # a byte-level (or other non-BPE) model exported by us
+        return tokenizers.from_spec(json.loads((path / huggingface.TOKENIZER_SPEC).read_text()))
     for pair in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
         if all((path / f).is_file() for f in pair):
             return tokenizers.GPT2BPETokenizer.from_path(path)
@@ -280,17 +342,38 @@ def _directory_tokenizer(path: pathlib.Path, cfg: model_lib.GPT2Config):
                             f"{cfg.vocab_size}-token vocabulary; copy the tokenizer files there")
 
 
-def load_weights(path: str | pathlib.Path, step: str | int = "latest") -> Weights:
-    """Weights from a run directory (its checkpoint at `step`), a HF directory or an OpenAI directory."""
+def check_task(path, task: dict, want: str) -> None:
+    """A one-line error when weights of one kind are loaded as the other: want 'lm' (a language
+    model), 'classify' (a sequence classifier) or 'any'."""
+    kind = "classify" if task.get("kind") == "classify" else "lm"
+    if want == "any" or want == kind:
+        return
+    if want == "lm":
+        raise ValueError(f"{path} is a sequence classifier (labels {task.get('id2label')}), not a language model; "
+                         "classify with gpt2-jax predict or load(...).classify, or convert it with gpt2-jax convert")
+    raise ValueError(f"{path} is a language model with no classification head (no score.weight, task "
+                     f"{task.get('kind', 'lm')}); fine-tune it with task.kind=classify first")
+
+
+def load_weights(path: str | pathlib.Path, step: str | int = "latest", task: str = "lm") -> Weights:
+    """Weights from a run directory (its checkpoint at `step`), a HF directory or an OpenAI directory.
+
+    task: what the caller needs, 'lm' | 'classify' | 'any'; weights of the other kind are a one-line
+    error (a GPT2ForSequenceClassification directory or classifier run is not a language model)."""
     path = pathlib.Path(path).expanduser()
     if (path / "checkpoints").is_dir():
         m = load(path, step=step)
-        return Weights(m.model.cfg, m.params, m.tokenizer, "run")
-    if (path / "config.json").is_file():
+        w = Weights(m.model.cfg, m.params, m.tokenizer, "run", m.task)
+    elif (path / "config.json").is_file():
         cfg, params = huggingface.load_hf_directory(path)
+        task_meta = huggingface.task_of(path, params)
+        check_task(path, task_meta, task)  # before the tokenizer: the wrong kind is the first thing to say
+        w = Weights(cfg, params, _directory_tokenizer(path, cfg), "hf", task_meta)
     elif (path / "hparams.json").is_file():
         cfg, params = openai.load_openai_directory(path)
+        w = Weights(cfg, params, _directory_tokenizer(path, cfg), "openai")
     else:
         raise FileNotFoundError(f"{path} is not a run directory (checkpoints/), a Hugging Face directory "
                                 "(config.json) or an OpenAI GPT-2 directory (hparams.json); check the path")
-    return Weights(cfg, params, _directory_tokenizer(path, cfg), "hf" if (path / "config.json").is_file() else "openai")
+    check_task(path, w.task, task)
+    return w

@@ -18,13 +18,16 @@ from typing import Any, Iterable
 
 from ml_collections import config_dict
 
-from gpt2_jax.data import sources, tokenizers
+from gpt2_jax.data import labelled, sources, tokenizers
 from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.model import lora as lora_lib
+from gpt2_jax.optim import groups
 from gpt2_jax.optim import optimizers as optim
 from gpt2_jax.optim import schedules
 from gpt2_jax.parallel import profiling, sharding
 
-SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint")
+SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint", "task", "finetune")
+TASKS = ("lm", "classify", "sft")
 DTYPES = ("float32", "bfloat16", "float16")
 INT_LIMIT = 2 ** 31 - 1  # steps, sizes and seeds become int32 inside jitted code
 
@@ -71,7 +74,9 @@ def base_config() -> config_dict.ConfigDict:
         sample_prompt="ROMEO:", sample_tokens=200, sample_temperature=0.8, sample_top_k=40,
         loss_chunk=0,  # > 0: cross-entropy this many positions at a time (no whole-batch fp32 logits)
         profile_steps="",  # "A:B": jax.profiler trace of steps A..B-1 into <run_dir>/profile
-        patience=0,  # > 0: stop once this many evaluations in a row have not lowered the validation loss
+        # Stop when `metric` (val_loss, val_accuracy, ...; "" = off) has not improved by more than
+        # min_delta for `patience` evaluations; mode auto: max for accuracy/F1, else min.
+        early_stopping=dict(metric="", mode="auto", patience=3, min_delta=0.0),
     )
     # Devices per slice/node on each axis (-1: all remaining); dcn_*: slices/nodes on each axis.
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
@@ -80,6 +85,18 @@ def base_config() -> config_dict.ConfigDict:
     c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True,
                         resume_from="latest",  # latest (the newest good step) | best | a step number
                         init_from="")  # an export or run dir whose params start a new run (fine-tuning)
+    c.task = dict(
+        kind="lm",  # lm | classify (data.source: jsonl:GLOB:TEXT,LABEL, tfds:, shakespeare/genre) |
+                    # sft (data.source: jsonl:GLOB:PROMPT,COMPLETION)
+        label_field="label",  # classify, tfds: sources: the label feature
+        labels="",  # classify: label names in id order, comma-separated ("" = sorted names found in train)
+        aux_lm_weight=0.0,  # classify: weight of the auxiliary language-model loss (GPT-1's lambda)
+    )
+    c.finetune = dict(
+        freeze="",  # comma-separated globs over param paths (h_0/attn/qkv_kernel), or embeddings | body | blocks:A-B
+        lr_multipliers="",  # PATTERN=FACTOR,...: e.g. score=10 trains a new head at 10x the body's lr
+        lora=dict(rank=0, alpha=16.0, targets="qkv,attn_out,mlp"),  # rank 0: off; else base weights frozen
+    )
     return c
 
 
@@ -259,7 +276,8 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _check(d.prefetch >= 1, "data.prefetch", f"must be >= 1, got {d.prefetch}")
     _check(0 <= d.holdout_fraction < 0.5, "data.holdout_fraction",
            f"must be in [0, 0.5) (0: no held-out parts), got {d.holdout_fraction}")
-    _check_source(d.source)
+    if cfg.task.kind == "lm":  # a task's sources are checked with the task keys
+        _check_source(d.source)
     o = cfg.optim
     _choice(cfg, "optim.name", optim.OPTIMIZERS)
     _choice(cfg, "optim.schedule", schedules.SCHEDULES)
@@ -283,9 +301,9 @@ def validate(cfg: config_dict.ConfigDict) -> None:
         _check(t[name] >= 0, f"train.{name}", f"must be >= 0, got {t[name]}")
     _check(t.sample_temperature >= 0, "train.sample_temperature",
            f"must be >= 0 (0: greedy), got {t.sample_temperature}")
-    _check(t.patience >= 0, "train.patience", f"must be >= 0 (0: no early stopping), got {t.patience}")
-    _check(not t.patience or bool(d.eval_split), "train.patience",
-           f"{t.patience} needs validation losses but data.eval_split is empty; set data.eval_split or train.patience=0")
+    _check(not t.early_stopping.metric or bool(d.eval_split), "train.early_stopping.metric",
+           f"{t.early_stopping.metric!r} needs validation metrics but data.eval_split is empty; set data.eval_split "
+           "or train.early_stopping.metric=''")
     try:
         profiling.parse_steps(t.profile_steps)
     except ValueError as e:
@@ -313,6 +331,30 @@ def validate(cfg: config_dict.ConfigDict) -> None:
         sharding.logical_rules(cfg.mesh.rules)
     except sharding.ShardingError as e:
         raise ConfigError(f"config key {e}") from None
+    _validate_posttrain(cfg)
+
+
+def _validate_posttrain(cfg: config_dict.ConfigDict) -> None:
+    """The task, finetune and early-stopping keys."""
+    _choice(cfg, "task.kind", TASKS)
+    _check(cfg.task.aux_lm_weight >= 0, "task.aux_lm_weight", "must be >= 0")
+    lora = cfg.finetune.lora
+    _check(lora.rank >= 0, "finetune.lora.rank", f"must be >= 0 (0: no LoRA), got {lora.rank}")
+    _check(lora.alpha > 0, "finetune.lora.alpha", f"must be positive, got {lora.alpha}")
+    for key, check in (("finetune.lora.targets", lambda: lora_lib.parse_targets(lora.targets)),
+                       ("finetune.lr_multipliers", lambda: groups.parse_multipliers(cfg.finetune.lr_multipliers)),
+                       ("data.source", lambda: labelled.check_source(cfg.data.source, cfg.task.kind))):
+        try:
+            check()
+        except ValueError as e:
+            raise ConfigError(f"config key {key}: {e}") from None
+    es = cfg.train.early_stopping
+    _check(not es.metric or es.metric.startswith("val_"), "train.early_stopping.metric",
+           f"{es.metric!r} must be a validation metric such as val_loss or val_accuracy")
+    _check(es.mode in ("auto", "min", "max"), "train.early_stopping.mode", f"{es.mode!r} is not auto, min or max")
+    _check(es.patience >= 1, "train.early_stopping.patience", f"must be >= 1, got {es.patience}")
+    _check(es.min_delta >= 0, "train.early_stopping.min_delta", f"must be >= 0, got {es.min_delta}")
+    _check(not es.metric or cfg.data.eval_split, "train.early_stopping.metric", "needs data.eval_split")
 
 
 def _check_source(source: str) -> None:

@@ -206,15 +206,17 @@ def test_early_stopping_and_a_test_split_that_is_not_held_out(tmp_path, capsys):
     source = _single_file(tmp_path)
     # lr 1e-30 leaves the weights as they are: the second evaluation does not improve on the first.
     assert cli.main(_args(tmp_path, source, 40, "--config.optim.lr=1e-30", "--config.train.eval_every=5",
-                          "--config.checkpoint.every=100", "--config.train.patience=1", "--config.train.sample_tokens=0",
+                          "--config.checkpoint.every=100", "--config.train.early_stopping.metric=val_loss",
+                          "--config.train.early_stopping.patience=1", "--config.train.sample_tokens=0",
                           "--config.data.holdout_fraction=0")) == 0
     out = capsys.readouterr().out
-    assert "early stop at step 10: validation loss has not improved for 1 evaluations" in out
+    assert "early stopping at step 10: val_loss did not go below its best" in out
     assert "data test: " in out and "the same text as train, NOT held out" in out
     assert "test (the training text itself, NOT held out): loss" in out and "test (held out)" not in out
     assert json.loads((tmp_path / "run" / "results.json").read_text())["step"] == 10
-    assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [10]
-    assert cli.main(_args(tmp_path, source, 40, "--config.train.patience=2", "--config.data.eval_split=")) == 2
+    assert 10 in [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert cli.main(_args(tmp_path, source, 40, "--config.train.early_stopping.metric=val_loss",
+                          "--config.data.eval_split=")) == 2
     assert capsys.readouterr().err.strip() == (
-        "gpt2-jax: error: config key train.patience: 2 needs validation losses but data.eval_split is empty; "
-        "set data.eval_split or train.patience=0")
+        "gpt2-jax: error: config key train.early_stopping.metric: 'val_loss' needs validation metrics but "
+        "data.eval_split is empty; set data.eval_split or train.early_stopping.metric=''")

@@ -2,8 +2,9 @@
 
 An export is a directory with `params/` (an Orbax pytree of the model parameters, bf16 or fp32,
 no optimizer state), `tokenizer/` (copies of the tokenizer's files, if it has any) and
-`export.json` (format, model shape, the run's config, tokenizer spec, step, metrics). It is
+`export.json` (format, model shape, the run's config, tokenizer spec, step, metrics, task). It is
 written under a temporary name and renamed into place, so a half-written export never exists.
+A classifier's export keeps its head (`score`); LoRA adapters are merged into the weights.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ import pathlib
 import shutil
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gpt2_jax.checkpoint import manager as ckpt
 from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.model import heads
+from gpt2_jax.model import lora as lora_lib
 
 EXPORT_FILE = "export.json"
 FORMAT = "gpt2_jax.export/1"
@@ -41,15 +48,45 @@ class Source:
         """The GPT2Config the weights were saved with."""
         return model_lib.GPT2Config(**self.meta["model"])
 
+    @property
+    def task(self) -> dict:
+        """What the weights were trained for: {'kind': 'lm' | 'sft' | 'classify', ...} (checkpoint meta)."""
+        return self.meta.get("task") or {"kind": "lm"}
+
+    @property
+    def lora(self) -> lora_lib.LoraSpec | None:
+        """The run's LoRA adapters (None without, and for exports, whose weights hold them merged)."""
+        spec = self.task.get("lora")
+        return lora_lib.LoraSpec.from_dict(spec) if spec and self.kind == "run" else None
+
     def read_params(self, abstract_params: Any) -> Any:
-        """The params, restored onto abstract_params' shardings and dtypes (ShapeDtypeStructs)."""
+        """The params, restored onto abstract_params' shardings and dtypes (ShapeDtypeStructs).
+
+        A run's LoRA adapters are merged into the kernels unless abstract_params asks for them
+        (a 'lora' entry, as LoRA's own tree); a head is read when abstract_params has its entry."""
         if self.kind == "export":
             return _restore_export_params(self.path, abstract_params)
+        spec = self.lora
+        merge = spec is not None and lora_lib.KEY not in abstract_params
+        target = {**abstract_params, lora_lib.KEY: _adapter_target(self.model_config, spec, abstract_params)} \
+            if merge else abstract_params
         manager = ckpt.make_manager(self.path, read_only=True)
         try:
-            return ckpt.restore_params(manager, self.step, abstract_params)
+            params = ckpt.restore_params(manager, self.step, target)
         finally:
             manager.close()
+        if merge:
+            params = dict(params)
+            params = lora_lib.merge(params, params.pop(lora_lib.KEY), spec)
+        return params
+
+
+def _adapter_target(cfg: model_lib.GPT2Config, spec: lora_lib.LoraSpec, like: Any) -> Any:
+    """Abstract adapters in fp32, whole on every device of the first leaf's mesh (they are small)."""
+    first = jax.tree.leaves(like)[0].sharding
+    where = NamedSharding(first.mesh, P()) if isinstance(first, NamedSharding) else first
+    shapes = nn.meta.unbox(lora_lib.adapter_shapes(cfg, spec))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=where), shapes)
 
 
 def open_source(path: str | os.PathLike, step: str | int = "latest") -> Source:
@@ -86,8 +123,18 @@ def _open_export(p: pathlib.Path) -> Source:
     if "files" in tokenizer:  # copied beside the export; stored relative to it
         tokenizer["files"] = [{**f, "path": str(p / f["path"])} for f in tokenizer["files"]]
     meta = {"tokenizer": tokenizer, "model": info["model"], "metrics": info.get("metrics", {}),
-            "versions": info.get("versions", {}), "exported_from": info.get("source")}
+            "versions": info.get("versions", {}), "exported_from": info.get("source"),
+            "task": info.get("task") or {"kind": "lm"}}
     return Source(p, "export", int(info["step"]), info["config"], meta)
+
+
+def saved_param_shapes(cfg: model_lib.GPT2Config, task: dict) -> dict:
+    """ShapeDtypeStructs of the weights a run or export of `task` (its meta) holds: GPT-2's, and a
+    classifier's head (adapters excluded: they are merged when read)."""
+    shapes = dict(model_lib.param_shapes(cfg))
+    if task.get("kind") == "classify":
+        shapes[heads.SCORE_KEY] = heads.score_shapes(cfg, int(task["num_labels"]))
+    return shapes
 
 
 def _restore_export_params(p: pathlib.Path, abstract_params: Any) -> Any:
@@ -95,7 +142,7 @@ def _restore_export_params(p: pathlib.Path, abstract_params: Any) -> Any:
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
             return checkpointer.restore(p / "params", args=ocp.args.PyTreeRestore(
-                item=abstract_params, restore_args=restore_args))
+                item=abstract_params, restore_args=restore_args, partial_restore=True))
     except Exception as e:  # Orbax raises several types for damaged or mismatched files
         raise ckpt.CheckpointError(f"cannot read the params of export {p}: {type(e).__name__}: "
                                    f"{' '.join(str(e).split())[:200]}") from None
@@ -125,9 +172,9 @@ def export(run: str | os.PathLike, out: str | os.PathLike, step: str | int = "be
     if src.kind != "run":
         raise ckpt.CheckpointError(f"{src.path} is already an export; pass the run directory it came from")
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = model_lib.param_shapes(src.model_config)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=one), shapes)
-    params = src.read_params(abstract)
+    shapes = saved_param_shapes(src.model_config, src.task)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=one), shapes)
+    params = jax.tree.map(lambda x: x.astype(dtype), src.read_params(abstract))  # LoRA merged in fp32
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)  # left by an export of this pid that was killed
     partial.mkdir(parents=True)
@@ -138,7 +185,8 @@ def export(run: str | os.PathLike, out: str | os.PathLike, step: str | int = "be
     info = {"format": FORMAT, "step": src.step, "source": str(src.path), "dtype": dtype,
             "model": {**src.meta["model"], "param_dtype": dtype}, "config": config,
             "tokenizer": _copy_tokenizer(src.meta["tokenizer"], partial),
-            "metrics": src.meta.get("metrics", {}), "versions": src.meta.get("versions", {})}
+            "metrics": src.meta.get("metrics", {}), "versions": src.meta.get("versions", {}),
+            "task": {**src.task, "lora": None, "lora_merged": src.task.get("lora")}}
     (partial / EXPORT_FILE).write_text(json.dumps(info, indent=2))
     if out.exists():
         out.rmdir()  # empty (checked above)

@@ -1,6 +1,7 @@
 """Orbax checkpoints of a run: `state` (arrays), `config` (JSON) and `meta` (JSON) per step.
 
-The latest step is never deleted; besides it the best `keep_best` steps by validation loss and
+The latest step is never deleted; besides it the best `keep_best` steps by validation loss (or by
+the saved `objective`, e.g. the early-stopping metric, lower is better) and
 the last `max_to_keep` steps are kept. Restoring takes an abstract target built for the current
 devices, so the arrays land wherever the caller wants them, whatever mesh wrote them.
 
@@ -33,7 +34,8 @@ JSON_FILES = ("config/metadata", "meta/metadata", "state/_METADATA")
 
 
 def _best_metric(metrics: dict[str, Any]) -> float:
-    return float(metrics.get("val_loss", float("inf")))
+    # 'objective' (lower is better) is saved when the run ranks its checkpoints by another metric.
+    return float(metrics.get("objective", metrics.get("val_loss", float("inf"))))
 
 
 def checkpoint_dir(run_dir: str | pathlib.Path) -> pathlib.Path:

@@ -11,9 +11,7 @@ import os
 import sys
 
 from gpt2_jax import verbosity
-from gpt2_jax.cli import bench, common, data, evaluate, inspect, plan, sample, train, weights
-
-VERBOSE_HELP = "show the libraries' own warnings, banners and progress bars (absl, Orbax, TFDS)"
+from gpt2_jax.cli import bench, common, data, evaluate, finetune, inspect, plan, sample, train, weights
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -23,6 +21,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
+    finetune.add_parsers(sub)
     sample.add_parser(sub)
     bench.add_parser(sub)
     data.add_parsers(sub)

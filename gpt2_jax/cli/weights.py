@@ -18,7 +18,8 @@ def add_parsers(sub) -> None:
     cv = sub.add_parser("convert", help="write a run, HF or OpenAI GPT-2 directory as a HF directory or a run")
     cv.add_argument("source", help="run directory, HF directory (config.json) or OpenAI directory (hparams.json)")
     cv.add_argument("--to", choices=["hf", "run"], default="hf",
-                    help="hf: safetensors + config.json + tokenizer files; run: a step-0 checkpoint for load/sample")
+                    help="hf: safetensors + config.json + tokenizer files (a classifier: GPT2ForSequenceClassification); "
+                         "run: a step-0 checkpoint for load/sample/predict")
     cv.add_argument("--out", required=True, help="the directory to write")
     cv.add_argument("--step", default="latest", help="run directories: latest | best | a step number")
     cv.set_defaults(handler=convert)
@@ -39,7 +40,7 @@ def convert(args, overrides: list[str], env) -> int:
     common.no_overrides("convert", overrides)
     from gpt2_jax import api
 
-    w = api.load_weights(args.source, step=args.step)
+    w = api.load_weights(args.source, step=args.step, task="any")
     if args.to == "run":
         from gpt2_jax.jobs import convert as convert_job
 
@@ -48,9 +49,11 @@ def convert(args, overrides: list[str], env) -> int:
         return 0
     from gpt2_jax.weights import huggingface
 
-    written = huggingface.save_hf_directory(args.out, w.config, w.params, w.tokenizer)
+    written = huggingface.save_hf_directory(args.out, w.config, w.params, w.tokenizer, task=w.task)
     print(f"{args.source} ({w.kind}) -> {args.out}: {', '.join(written)}", flush=True)
     if "vocab.json" not in written:
-        print(f"note: the {w.tokenizer.name} tokenizer has no Hugging Face vocab.json/merges.txt; "
-              "no tokenizer files were written", file=sys.stderr, flush=True)
+        kept = (f"{huggingface.TOKENIZER_SPEC} records it for gpt2-jax" if huggingface.TOKENIZER_SPEC in written
+                else "no tokenizer files were written")
+        print(f"note: the {w.tokenizer.name} tokenizer has no Hugging Face vocab.json/merges.txt; {kept}",
+              file=sys.stderr, flush=True)
     return 0

@@ -57,6 +57,24 @@ def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_l
     return out
 
 
+def example_indices(seed: int, step: int, batch_size: int, num_examples: int, rows: slice | None = None) -> np.ndarray:
+    """Returns which of num_examples examples rows `rows` of the batch of `step` hold.
+
+    The examples are read in epochs, each a fresh permutation seeded by (seed, epoch): batch
+    position p = step * batch_size + row is example perm(p // num_examples)[p % num_examples], so
+    every example is seen once per epoch and the batch is a pure function of (seed, step).
+    """
+    if num_examples < 1:
+        raise ValueError("the split has no examples")
+    pos = step * batch_size + np.arange(batch_size)[rows if rows is not None else slice(None)]
+    epochs = pos // num_examples
+    out = np.empty(len(pos), np.int64)
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng((seed, int(epoch))).permutation(num_examples)
+        out[epochs == epoch] = perm[pos[epochs == epoch] % num_examples]
+    return out
+
+
 def num_eval_batches(tokens: np.ndarray | int, batch_size: int, seq_len: int) -> int:
     """Returns how many batches `eval_batches(tokens, ...)` yields; `tokens` may be a count."""
     num_tokens = tokens if isinstance(tokens, (int, np.integer)) else len(tokens)

@@ -38,6 +38,14 @@ def text_records(path: pathlib.Path) -> Iterator[str]:
 
 def jsonl_records(path: pathlib.Path, field: str) -> Iterator[str]:
     """Yields `record[field]` of each non-blank line; a bad line is a one-line error naming it."""
+    for _, (text,) in jsonl_rows(path, (field,)):
+        yield text
+
+
+def jsonl_rows(path: pathlib.Path, fields: tuple[str, ...], kinds: tuple = ()) -> Iterator[tuple[int, tuple]]:
+    """Yields (line number, the values of `fields`) of each non-blank line. Each value must be a
+    string, or of the matching `kinds` entry (a type or tuple of types) when given; a bad line is a
+    one-line error naming it."""
     count = 0
     with open(path, encoding="utf-8", errors="strict") as f:
         try:
@@ -48,13 +56,18 @@ def jsonl_records(path: pathlib.Path, field: str) -> Iterator[str]:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{number} is not valid JSON ({e.msg}); fix or remove the line") from None
-                text = record.get(field) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                    raise ValueError(f"{path}:{number} has no string field {field!r} (has {keys}); "
-                                     f"name the text field after the last ':' of the source")
+                values = []
+                for i, field in enumerate(fields):
+                    kind = kinds[i] if i < len(kinds) else str
+                    value = record.get(field) if isinstance(record, dict) else None
+                    if not isinstance(value, kind) or isinstance(value, bool):
+                        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+                        what = "string" if kind is str else "string or integer"
+                        raise ValueError(f"{path}:{number} has no {what} field {field!r} (has {keys}); "
+                                         f"name the fields after the last ':' of the source")
+                    values.append(value)
                 count += 1
-                yield text
+                yield number, tuple(values)
         except UnicodeDecodeError as e:
             raise ValueError(f"{path} is not UTF-8 (byte {e.start}); convert it to UTF-8") from None
     if not count:

@@ -28,13 +28,17 @@ def save_as_run(run_dir: str | pathlib.Path, weights: api.Weights, source: str =
     cfg.data.tokenizer = "gpt2" if weights.tokenizer.spec()["kind"] == "gpt2_bpe" else "byte"
     cfg.data.seq_len = min(cfg.data.seq_len, c.n_positions)
     cfg.train.run_dir = str(run_dir)
+    if weights.task.get("kind") == "classify":  # the head travels; task meta says how to read it
+        cfg.task.kind, cfg.task.labels = "classify", ",".join(weights.task["id2label"])
+        cfg.data.source = "jsonl:unknown.jsonl:text,label"  # a classifier's config needs a labelled source
     config_lib.validate(cfg)
     _, optimizer = optimizers.optimizer_from_config(cfg)
     params = jax.device_put(weights.params)
     state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                                 opt_state=optimizer.init(params), rng=jax.random.key(0))
     meta = {"tokenizer": weights.tokenizer.spec(), "model": dataclasses.asdict(c), "metrics": {},
-            "data_position": {"step": 0, "seed": cfg.data.seed}, "converted_from": {"path": source, "kind": weights.kind}}
+            "data_position": {"step": 0, "seed": cfg.data.seed}, "converted_from": {"path": source, "kind": weights.kind},
+            "task": weights.task}
     manager = ckpt.make_manager(run_dir, async_save=False)
     ckpt.save(manager, 0, state, cfg.to_dict(), meta)
     manager.wait_until_finished()

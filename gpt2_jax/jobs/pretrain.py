@@ -18,11 +18,13 @@ from gpt2_jax.generate import decode as generate
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.optim import optimizers
 from gpt2_jax.parallel import distributed
+from gpt2_jax.posttrain import build as task_build
 from gpt2_jax.train import loop, progress
 
 
-def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> loop.Components:
-    """Tokenizer, prepared token splits, model, schedule and optimizer for cfg."""
+def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loop.Components:
+    """Tokenizer, prepared token splits (or a task's example splits), model, task, parameter groups,
+    schedule and optimizer for cfg."""
     d = cfg.data
     data_dir = str(pathlib.Path(d.data_dir).expanduser())
     tokenizer = tokenizers.make_tokenizer(d.tokenizer)
@@ -30,6 +32,9 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> l
     if mcfg.vocab_size < tokenizer.vocab_size:  # checked before any tokenizing
         raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
                                      f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
+    if cfg.task.kind != "lm":
+        splits, id2label = task_build.task_splits(cfg, tokenizer, echo)
+        return _components(cfg, tokenizer, mcfg, splits, id2label)
     splits = {}
     roles = list(role_splits(cfg).items())
     if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
@@ -40,8 +45,24 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[[str], None] = print) -> l
     distributed.sync("data prepared")
     for role, name in roles:
         splits[role] = tokens_lib.load_split(tokens_lib.split_dir(d.source, name, tokenizer, data_dir), tokenizer)
-    schedule, optimizer = optimizers.optimizer_from_config(cfg)
-    return loop.Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits)
+    return _components(cfg, tokenizer, mcfg, splits)
+
+
+def _components(cfg, tokenizer, mcfg, splits, id2label=None) -> loop.Components:
+    task = task_build.make_task(cfg, tokenizer.eos_id, id2label)
+    labels = task_build.param_labels(cfg, task_build.param_shapes(mcfg, task))
+    schedule, optimizer = optimizers.optimizer_from_config(cfg, labels)
+    return loop.Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits, task, labels)
+
+
+def _result_line(r: dict, prefix: str) -> str:
+    """One line of held-out metrics: perplexity for language models, accuracy for classifiers."""
+    if f"{prefix}_accuracy" in r:
+        recalls = ", ".join(f"{k.split('_', 2)[2]} {v:.3f}" for k, v in r.items() if k.startswith(f"{prefix}_recall_"))
+        return (f"loss {r[f'{prefix}_loss']:.4f}, accuracy {r[f'{prefix}_accuracy']:.4f}, macro-F1 "
+                f"{r[f'{prefix}_macro_f1']:.4f}, recall {recalls}")
+    line = f"loss {r[f'{prefix}_loss']:.4f} nats/token, ppl {r[f'{prefix}_ppl']:.3f}"
+    return line + (f", bits/byte {r[f'{prefix}_bpb']:.4f}" if f"{prefix}_bpb" in r else "")
 
 
 def role_splits(cfg: config_dict.ConfigDict) -> dict[str, str]:
@@ -79,36 +100,40 @@ def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, te
 
 def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[str, Any]:
     """Train a validated config end to end, saying what happens through `say` (every process calls
-    this; pass a silent `say` on all but process 0). Returns the held-out results."""
+    this; pass a silent `say` on all but process 0). Returns the held-out results and, under
+    'params', the trained/frozen parameter counts and the optimizer state's bytes."""
     t0 = time.perf_counter()
-    comps = build(cfg)
+    comps = build(cfg, say)
     mcfg = comps.model.cfg
     n = model_lib.count_params(model_lib.param_shapes(mcfg))
     say(f"model: {mcfg.n_layer} layers x {mcfg.n_embd} wide x {mcfg.n_head} heads, {n:,} params, "
         f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
-    for role, split in comps.splits.items():
+    for role, split in comps.splits.items() if comps.task is None or comps.task.kind == "lm" else ():
         h = split.header
         say(f"data {role}: {cfg.data.source}@{h.get('split')}, {h['num_tokens']:,} tokens, {h['num_bytes']:,} "
             f"bytes, {h['num_documents']} documents; {describe_split(cfg, role, h)}", flush=True)
     if "eval" not in comps.splits:
         say("data eval: none (data.eval_split is empty): no periodic evaluation, no early stopping, and the "
             "'best' checkpoint is the latest", flush=True)
+    counts = task_build.group_summary(task_build.param_shapes(mcfg, comps.task), comps.param_labels, comps.optimizer)
+    if comps.task is not None or comps.param_labels is not None:
+        say(task_build.describe_groups(counts), flush=True)
     out = loop.fit(comps, echo=say)
     r = out["results"]
-    if "val_loss" in r:
-        say(f"validation: loss {r['val_loss']:.4f} nats/token, ppl {r['val_ppl']:.3f}, "
-            f"bits/byte {r['val_bpb']:.4f}", flush=True)
-    if "test_loss" in r:
-        label = "test (held out)" if held_out(cfg) else "test (the training text itself, NOT held out)"
-        say(f"{label}: loss {r['test_loss']:.4f} nats/token, ppl {r['test_ppl']:.3f}, "
-            f"bits/byte {r['test_bpb']:.4f}", flush=True)
+    held = "test (held out)" if held_out(cfg) else "test (the training text itself, NOT held out)"
+    for prefix, name in (("val", "validation"), ("test", held)):
+        if f"{prefix}_loss" in r:
+            say(f"{name}: {_result_line(r, prefix)}", flush=True)
+    if "early_stopping" in r:
+        say(f"early stopping: {r['early_stopping']['reason']}; scored step {r['evaluated_step']}", flush=True)
     run_dir = os.path.abspath(cfg.train.run_dir)
     say(f"checkpoint: {run_dir}/checkpoints/{r['step']}; loss curve: {run_dir}/loss.png", flush=True)
-    if cfg.train.sample_tokens > 0:
-        params = distributed.to_host(out["state"].params)  # collective: gathers shards other processes hold
+    if cfg.train.sample_tokens > 0 and cfg.task.kind != "classify":
+        params = out["state"].params if comps.task is None else comps.task.model_params(out["state"].params)
+        params = distributed.to_host(params)  # collective: gathers shards other processes hold
         if distributed.is_primary():
             text = sample_text(comps, params, cfg.train.sample_prompt, cfg.train.sample_tokens,
                                cfg.train.sample_temperature, cfg.train.sample_top_k, seed=cfg.train.seed)
             say(f"sample:\n{cfg.train.sample_prompt}{text}", flush=True)
     say(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return r
+    return {**r, "params": counts}

@@ -186,6 +186,30 @@ def state_shardings(abstract_state, params_sharding, optimizer: optax.GradientTr
     return abstract_state.replace(step=repl, params=params_sharding, opt_state=opt, rng=repl)
 
 
+def _dict_keys(path) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def state_shardings_by_path(abstract_state, params_sharding, mesh: jax.sharding.Mesh):
+    """Like state_shardings for any optimizer (e.g. optax.partition, whose masked state
+    tree_map_params cannot follow): an optimizer-state leaf whose trailing dict keys name a
+    parameter of the same shape is laid out like it; every other leaf is replicated."""
+    repl = replicated(mesh)
+    is_sh = lambda x: isinstance(x, NamedSharding)
+    shardings = {_dict_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sharding, is_leaf=is_sh)[0]}
+    shapes = {_dict_keys(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
+
+    def one(path, leaf):
+        keys = _dict_keys(path)
+        for i in range(len(keys)):
+            if shapes.get(keys[i:]) == leaf.shape:
+                return shardings[keys[i:]]
+        return repl
+
+    opt = jax.tree_util.tree_map_with_path(one, abstract_state.opt_state)
+    return abstract_state.replace(step=repl, params=params_sharding, opt_state=opt, rng=repl)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh, rules, ndim: int, batch_dim: int = 0) -> NamedSharding:
     """Sharding of a token batch: its batch dim over the mesh axes of the 'batch' rule."""
     spec = [None] * ndim

@@ -26,33 +26,17 @@ from gpt2_jax.data import tokens as tokens_lib
 from gpt2_jax.evaluate import scoring as evaluate
 from gpt2_jax.model import flops
 from gpt2_jax.model import gpt2 as model_lib
+from gpt2_jax.optim import groups
 from gpt2_jax.parallel import distributed, profiling, sharding
 from gpt2_jax.train import metrics as metrics_lib
-from gpt2_jax.train import plots, progress, resume
+from gpt2_jax.train import early_stopping, plots, progress, resume
 from gpt2_jax.train import steps as step_lib
+from gpt2_jax.train import tasks
 from gpt2_jax.version import __version__
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
-
-
-@dataclasses.dataclass
-class EarlyStopping:
-    """Stop once `patience` evaluations in a row have not lowered the best validation loss (0: never)."""
-
-    patience: int
-    best: float = math.inf
-    best_step: int = 0
-    waited: int = 0
-
-    def update(self, step: int, val_loss: float) -> bool:
-        """Record one evaluation; True when the run should stop."""
-        if val_loss < self.best:
-            self.best, self.best_step, self.waited = val_loss, step, 0
-        else:
-            self.waited += 1
-        return 0 < self.patience <= self.waited
 
 
 @jax.jit
@@ -75,13 +59,24 @@ class Components:
     model: model_lib.GPT2
     schedule: Callable
     optimizer: Any
-    splits: dict[str, tokens_lib.TokenSplit]
+    splits: dict[str, tokens_lib.TokenSplit]  # or a task's splits
+    task: Any = None  # None: language modeling; else a task (train/tasks.py)
+    param_labels: Any = None  # parameter groups (optim/groups.py); None: everything trains
+
+
+def trainable(c: Components) -> Any:
+    """The tree of bools of c.param_labels (None when everything trains)."""
+    return None if c.param_labels is None else groups.trainable_mask(c.param_labels)
 
 
 def train_batch(c: Components, step: int, rows: slice | None = None) -> np.ndarray:
     """Rows `rows` (default all) of the (accum, B, T+1) batch of optimizer step `step`: a pure
     function of (seed, step), whichever process reads which rows."""
     d, accum = c.cfg.data, c.cfg.optim.accum_steps
+    if c.task is not None:
+        micro = [c.task.train_batch(c.splits["train"], d.seed, step * accum + a, d.batch_size, d.seq_len, rows)
+                 for a in range(accum)]
+        return {k: np.stack([m[k] for m in micro]) for k in micro[0]}
     return np.stack([loader.train_batch(c.splits["train"].tokens, d.seed, step * accum + a, d.batch_size,
                                             d.seq_len, rows) for a in range(accum)])
 
@@ -89,6 +84,9 @@ def train_batch(c: Components, step: int, rows: slice | None = None) -> np.ndarr
 def global_train_batch(c: Components, steps: step_lib.Steps, step: int) -> jax.Array:
     """The global (accum, B, T+1) batch of `step`, built from the rows this process holds."""
     d = c.cfg.data
+    if c.task is not None:
+        return tasks.global_batch(steps.train_batch_sharding, d.batch_size, lambda rows: train_batch(c, step, rows),
+                                  batch_dim=1)
     shape = (c.cfg.optim.accum_steps, d.batch_size, d.seq_len + 1)
     return sharding.global_batch(steps.train_batch_sharding, shape, lambda rows: train_batch(c, step, rows),
                                  batch_dim=1)
@@ -103,11 +101,14 @@ def make_steps(c: Components, echo: Callable[[str], None] = print) -> step_lib.S
                           {"data.batch_size": cfg.data.batch_size, "eval.batch_size": cfg.eval.batch_size})
     echo(f"mesh: {sharding.describe(mesh)}, rules {cfg.mesh.rules}")
     return step_lib.make_steps(c.model, c.optimizer, c.schedule, mesh, rules, cfg.train.seed, cfg.data.seq_len,
-                               cfg.optim.label_smoothing, cfg.train.loss_chunk)
+                               cfg.optim.label_smoothing, cfg.train.loss_chunk, c.task, trainable(c))
 
 
-def _meta(c: Components, step: int, metrics: dict) -> dict:
-    return {
+def _meta(c: Components, step: int, metrics: dict, stopper=None) -> dict:
+    extra = {"task": c.task.describe()} if c.task is not None else {}
+    if stopper is not None:
+        extra["early_stopping"] = stopper.state()
+    return {**extra,
         "tokenizer": c.tokenizer.spec(),
         "data_position": {"step": step, "seed": c.cfg.data.seed, "epochs": loader.epochs_seen(
             step, c.cfg.data.batch_size * c.cfg.data.seq_len * c.cfg.optim.accum_steps, c.splits["train"].num_tokens)},
@@ -156,16 +157,20 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
 
     def run_eval(params, split="eval", max_batches=cfg.eval.max_batches, bars=False):
+        if c.task is not None:
+            return c.task.evaluate(steps.eval, params, c.splits[split], cfg.eval.batch_size, cfg.data.seq_len,
+                                   max_batches, steps.eval_batch_sharding, bars and primary, f"final {split}")
         return evaluate.evaluate_split(steps.eval, params, c.splits[split], cfg.eval.batch_size, cfg.data.seq_len,
                                        max_batches, progress=bars and primary, desc=f"final {split}",
                                        batch_sharding=steps.eval_batch_sharding)
 
     start = int(jax.device_get(state.step))
+    stopper = _early_stopping(t.early_stopping, manager, start, echo)
+    end = start if stopper is not None and stopper.stopped_step is not None else t.steps
     stop, previous_handlers = _install_stop_handler()
     # Across processes the stop decision is collective (all save together), checked every log_every steps.
     stop_every = 1 if jax.process_count() == 1 else t.log_every
     last_val: dict[str, float] = {}
-    early = EarlyStopping(t.patience)
     log = _TrainLog(writer, tokens_per_step, flops_per_step, t.log_every, manager, flops.total_peak_flops(),
                     train_tokens=c.splits["train"].num_tokens)
     profiler = profiling.ProfileWindow(profiling.parse_steps(t.profile_steps), run_dir / "profile")
@@ -180,14 +185,14 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             if not bool(_all_finite(state.params)):  # the update of `step` itself may have overflowed
                 raise TrainingDiverged(f"the update of step {step} made the parameters NaN/inf; not saved; stopped "
                                        f"({last_good(manager)}); lower optim.lr or raise optim.warmup_steps")
-            ckpt.save(manager, step, state, cfg.to_dict(), _meta(c, step, last_val),
-                      metrics={"val_loss": last_val["val_loss"]} if "val_loss" in last_val else None)
+            ckpt.save(manager, step, state, cfg.to_dict(), _meta(c, step, last_val, stopper),
+                      metrics=_checkpoint_metrics(last_val, stopper))
             saved.add(step)
 
-    batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, t.steps, cfg.data.prefetch)
+    batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, end, cfg.data.prefetch)
     last, failed = start, True
     try:
-        for step in range(start, t.steps):
+        for step in range(start, end):
             profiler.before(step)
             state, step_metrics = steps.train(state, batches.get(step))
             profiler.after(step, step_metrics)
@@ -198,18 +203,19 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             if has_eval and (done % t.eval_every == 0 or done == t.steps):
                 log.flush()
                 with shown.paused():
-                    last_val = {f"val_{k}": v for k, v in run_eval(state.params).items()}
+                    last_val = {f"val_{k}": v for k, v in run_eval(state.params).items() if isinstance(v, float)}
                 log.write(done, last_val)
                 shown.evaluated(done, last_val, sampled if not last_val.get("val_complete") else "")
                 log.restart_clock()  # keep eval time out of the next tokens/s window
-                stop_early = early.update(done, last_val["val_loss"])
-            if stop_early or done % k.every == 0 or done == t.steps:
+                if stopper is not None:
+                    stop_early = stopper.update(done, last_val)
+            evaluated = has_eval and (done % t.eval_every == 0 or done == t.steps)
+            if (stopper is not None and evaluated) or done % k.every == 0 or done == t.steps:
                 with shown.paused():
                     save(done)
                 log.restart_clock()
             if stop_early:
-                echo(f"early stop at step {done}: validation loss has not improved for {t.patience} evaluations "
-                     f"(best {early.best:.4f} at step {early.best_step}; kept as the 'best' checkpoint)")
+                echo(f"early stopping at step {done}: {stopper.reason()}")
                 break
             if done % t.log_every == 0:
                 ckpt.check_for_errors(manager)  # a background save that failed (e.g. disk full) stops the run now
@@ -238,15 +244,55 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     # The reported numbers always score every token of the held-out splits (eval.max_batches is
     # only for the periodic evaluations).
     results = {"step": last}
+    params = state.params
+    if stopper is not None:
+        results["early_stopping"] = stopper.summary()
+        params = _best_params(steps, manager, stopper, last, params, echo)
+        results["evaluated_step"] = stopper.best_step or last
     for role, prefix in (("eval", "val"), ("test", "test")):
         if role in c.splits:
-            full = run_eval(state.params, role, max_batches=None, bars=progress.bars_wanted(t.progress))
+            full = run_eval(params, role, max_batches=None, bars=progress.bars_wanted(t.progress))
             results.update({f"{prefix}_{k}": v for k, v in full.items()})
     if primary:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         plots.plot_loss_curve(run_dir)
+        if c.task is not None:
+            c.task.report(run_dir, results)
     manager.close()
     return {"results": results, "state": state, "steps": steps}
+
+
+def _checkpoint_metrics(last_val: dict, stopper) -> dict | None:
+    """What ranks a checkpoint for keep-best: val_loss, or the early-stopping metric (as a loss)."""
+    if stopper is not None and stopper.metric in last_val:
+        sign = 1.0 if stopper.mode == "min" else -1.0
+        return {**last_val, "objective": sign * last_val[stopper.metric]}
+    return {"val_loss": last_val["val_loss"]} if "val_loss" in last_val else None
+
+
+def _early_stopping(es_cfg, manager, start: int, echo):
+    """The run's EarlyStopping (None when off), continued from the resumed checkpoint's meta."""
+    saved = None
+    if es_cfg.metric and start > 0 and start in manager.all_steps():
+        saved = ckpt.restore_json(manager, start)[1].get("early_stopping")
+    stopper = early_stopping.from_config(es_cfg, saved)
+    if stopper is not None and stopper.stopped_step is not None:
+        echo(f"this run stopped early at step {stopper.stopped_step} ({stopper.reason()}); nothing left to train")
+    return stopper
+
+
+def _best_params(steps, manager, stopper, done: int, params, echo):
+    """The params of the best evaluation's checkpoint (the final evaluation scores those)."""
+    best = stopper.best_step
+    if best is None or best == done:
+        return params
+    ckpt.finish(manager)
+    if best not in manager.all_steps():
+        echo(f"warning: the best step {best} was not kept (checkpoint.keep_best=0); scoring step {done}")
+        return params
+    target = sharding.abstract_on(steps.abstract_state, steps.state_sharding)
+    echo(f"restoring the best checkpoint (step {best}, {stopper.metric} {stopper.best:.6g}) for the final evaluation")
+    return ckpt.restore_state(manager, best, target).params
 
 
 class _TrainLog:

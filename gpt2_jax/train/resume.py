@@ -136,5 +136,12 @@ def init_from(c, steps, source: str, echo: Callable[[str], None] = print):
                                    "set the model keys to match it, or export the right run")
     state = steps.init()
     target = sharding.abstract_on(steps.abstract_state.params, steps.state_sharding.params)
-    echo(f"initialized params from {src.kind} {src.path} (step {src.step}); fresh optimizer state")
-    return state.replace(params=src.read_params(target))
+    if c.task is None:
+        echo(f"initialized params from {src.kind} {src.path} (step {src.step}); fresh optimizer state")
+        return state.replace(params=src.read_params(target))
+    # A task's head and adapters start fresh: only the GPT-2 weights come from the source.
+    body = {k: v for k, v in target.items() if k in model_lib.param_shapes(c.model.cfg)}
+    fresh = sorted(set(target) - set(body))
+    echo(f"initialized the GPT-2 weights from {src.kind} {src.path} (step {src.step})"
+         f"{'; fresh ' + ', '.join(fresh) if fresh else ''}; fresh optimizer state")
+    return state.replace(params={**state.params, **src.read_params(body)})

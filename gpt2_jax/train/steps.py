@@ -111,54 +111,98 @@ def strip_boxes(tree):
     return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
 
 
+def init_params(model: model_lib.GPT2, rng: jax.Array, seq_len: int | None = None, task=None):
+    """Random boxed params: the model's, or the task's (model + head / adapters) when a task is given."""
+    if task is None:
+        return model_lib.init_params(model.cfg, rng, seq_len)
+    return task.init_params(model.cfg, rng, seq_len)
+
+
 def init_state(model: model_lib.GPT2, optimizer: optax.GradientTransformation, rng: jax.Array,
-               seq_len: int) -> TrainState:
+               seq_len: int, task=None) -> TrainState:
     """A fresh TrainState: step 0, random params (unboxed), optimizer state, the data-free rng."""
     init_rng, state_rng = jax.random.split(rng)
-    params = strip_boxes(model_lib.init_params(model.cfg, init_rng, seq_len))
+    params = strip_boxes(init_params(model, init_rng, seq_len, task))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       rng=state_rng)
 
 
+def split_trainable(params, trainable):
+    """(trained, frozen): two trees like params, each holding None where the other holds the leaf."""
+    pick = lambda want: jax.tree.map(lambda t, p: p if t == want else None, trainable, params)
+    return pick(True), pick(False)
+
+
+def join_trainable(trained, frozen):
+    """The inverse of split_trainable."""
+    return jax.tree.map(lambda t, f: f if t is None else t, trained, frozen, is_leaf=lambda x: x is None)
+
+
 def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformation,
                     schedule: Callable[[jax.Array], jax.Array], label_smoothing: float = 0.0,
-                    loss_chunk: int = 0) -> Callable:
-    """train_step(state, batch) -> (state, metrics); batch is (accum, B, T+1) int32.
+                    loss_chunk: int = 0, task=None, trainable=None) -> Callable:
+    """train_step(state, batch) -> (state, metrics); batch is (accum, B, T+1) int32, or with a task
+    (train/tasks.py) a dict of (accum, B, ...) arrays and its loss(params, model, batch, rng).
 
     The accum micro-batches are scanned inside one step and their gradients averaged, so
-    accum_steps x B rows give the same update as one batch of that many rows.
+    accum_steps x B rows give the same update as one batch of that many rows. `trainable` (a tree
+    of bools like the params) differentiates only the True leaves; the others pass through
+    bitwise unchanged (the optimizer must give them no update: optim.groups).
     """
     dropout = has_dropout(model.cfg)
 
-    def grad_of(params, micro_batch, rng):
-        return jax.value_and_grad(lm_loss)(params, model, micro_batch, rng if dropout else None, label_smoothing,
-                                           loss_chunk)
+    def loss_of(params, micro_batch, rng):
+        if task is None:
+            return lm_loss(params, model, micro_batch, rng, label_smoothing, loss_chunk), {}
+        return task.loss(params, model, micro_batch, rng)
 
-    def train_step(state: TrainState, batch: jax.Array):
+    def grad_of(params, micro_batch, rng):
+        rng = rng if dropout else None
+        if task is None and trainable is None:  # pre-training: the step as it always was
+            loss, grads = jax.value_and_grad(lm_loss)(params, model, micro_batch, rng, label_smoothing, loss_chunk)
+            return (loss, {}), grads
+        if trainable is None:
+            return jax.value_and_grad(loss_of, has_aux=True)(params, micro_batch, rng)
+        trained, frozen = split_trainable(params, trainable)
+        out, grads = jax.value_and_grad(lambda t: loss_of(join_trainable(t, frozen), micro_batch, rng),
+                                        has_aux=True)(trained)
+        return out, join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))  # zeros: dropped by XLA
+
+    def train_step(state: TrainState, batch):
         rng, step_rng = jax.random.split(state.rng)
-        accum = batch.shape[0]
+        accum = jax.tree.leaves(batch)[0].shape[0]
         if accum == 1:
-            loss, grads = grad_of(state.params, batch[0], step_rng)
+            (loss, aux), grads = grad_of(state.params, jax.tree.map(lambda x: x[0], batch), step_rng)
         else:
             def body(carry, xs):
                 micro_batch, micro_rng = xs
-                loss, grads = grad_of(state.params, micro_batch, micro_rng)
-                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+                (loss, aux), grads = grad_of(state.params, micro_batch, micro_rng)
+                return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
-            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-            (loss, grads), _ = jax.lax.scan(body, zeros, (batch, jax.random.split(step_rng, accum)))
-            loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+            aux_shape = jax.eval_shape(lambda: grad_of(state.params, jax.tree.map(lambda x: x[0], batch),
+                                                       step_rng)[0][1])
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape),
+                     jax.tree.map(jnp.zeros_like, state.params))
+            (loss, aux, grads), _ = jax.lax.scan(body, zeros, (batch, jax.random.split(step_rng, accum)))
+            loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        if trainable is None:
+            params = optax.apply_updates(state.params, updates)
+        else:
+            params = jax.tree.map(lambda t, p, u: optax.apply_updates(p, u) if t else p,
+                                  trainable, state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step), **aux}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
         return new_state, metrics
 
     return train_step
 
 
-def make_eval_step(model: model_lib.GPT2, loss_chunk: int = 0) -> Callable:
-    """eval_step(params, batch (B, T+1), weights (B, T)) -> (summed NLL, number of scored tokens)."""
+def make_eval_step(model: model_lib.GPT2, loss_chunk: int = 0, task=None) -> Callable:
+    """eval_step(params, batch (B, T+1), weights (B, T)) -> (summed NLL, number of scored tokens);
+    with a task, eval_step(params, batch dict) -> task.eval_step's outputs."""
+    if task is not None:
+        return lambda params, batch: task.eval_step(params, model, batch)
 
     def eval_step(params, batch: jax.Array, weights: jax.Array):
         if loss_chunk:
@@ -175,39 +219,50 @@ class Steps:
     """The jitted, sharded init/train/eval steps of one model on one mesh, and their layouts."""
 
     init: Callable  # () -> TrainState
-    train: Callable  # (state, batch (accum, B, T+1)) -> (state, metrics)
-    eval: Callable  # (params, batch (B, T+1), weights (B, T)) -> (nll, count)
+    train: Callable  # (state, batch (accum, B, T+1) or a task's dict) -> (state, metrics)
+    eval: Callable  # (params, batch (B, T+1), weights (B, T)) -> (nll, count); a task's: (params, batch dict)
     mesh: jax.sharding.Mesh
     rules: tuple
     abstract_state: Any  # ShapeDtypeStructs of the TrainState
     state_sharding: Any
-    train_batch_sharding: jax.sharding.NamedSharding
-    eval_batch_sharding: jax.sharding.NamedSharding
+    train_batch_sharding: Any  # a NamedSharding, or a dict of them for a task's batch
+    eval_batch_sharding: Any
 
 
 def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, schedule: Callable,
                mesh: jax.sharding.Mesh, rules, seed: int, seq_len: int, label_smoothing: float = 0.0,
-               loss_chunk: int = 0) -> Steps:
+               loss_chunk: int = 0, task=None, trainable=None) -> Steps:
     """init, train_step and eval_step, each one jax.jit with in/out shardings on mesh.
 
-    The train state is donated, so params and optimizer state update in place.
+    The train state is donated, so params and optimizer state update in place. A task
+    (train/tasks.py) brings its params, loss, eval outputs and batch dicts; `trainable` freezes
+    the False leaves (see make_train_step).
     """
     rng = jax.random.key(seed)
-    init = functools.partial(init_state, model, optimizer, rng, seq_len)
+    init = functools.partial(init_state, model, optimizer, rng, seq_len, task)
     abstract_state = jax.eval_shape(init)
-    boxed = jax.eval_shape(functools.partial(model_lib.init_params, model.cfg, seq_len=1), rng)
+    boxed = jax.eval_shape(lambda key: init_params(model, key, 1, task), rng)
     params_sh = sharding.param_shardings(boxed, rules, mesh)
-    state_sh = sharding.state_shardings(abstract_state, params_sh, optimizer, mesh)
+    if trainable is None:
+        state_sh = sharding.state_shardings(abstract_state, params_sh, optimizer, mesh)
+    else:  # a partitioned optimizer: its state is matched to the params by path
+        state_sh = sharding.state_shardings_by_path(abstract_state, params_sh, mesh)
     repl = sharding.replicated(mesh)
-    train_batch_sh = sharding.batch_sharding(mesh, rules, ndim=3, batch_dim=1)
-    eval_batch_sh = sharding.batch_sharding(mesh, rules, ndim=2)
-    train_fn = make_train_step(model, optimizer, schedule, label_smoothing, loss_chunk)
-    eval_fn = make_eval_step(model, loss_chunk)
+    if task is None:
+        train_batch_sh = sharding.batch_sharding(mesh, rules, ndim=3, batch_dim=1)
+        eval_batch_sh = sharding.batch_sharding(mesh, rules, ndim=2)
+        eval_in = (params_sh, eval_batch_sh, eval_batch_sh)
+    else:
+        train_batch_sh = {k: sharding.batch_sharding(mesh, rules, n + 1, 1) for k, n in task.train_ndims.items()}
+        eval_batch_sh = {k: sharding.batch_sharding(mesh, rules, n) for k, n in task.eval_ndims.items()}
+        eval_in = (params_sh, eval_batch_sh)
+    train_fn = make_train_step(model, optimizer, schedule, label_smoothing, loss_chunk, task, trainable)
+    eval_fn = make_eval_step(model, loss_chunk, task)
     jit = lambda fn, **kw: sharding.with_mesh(jax.jit(fn, **kw), mesh, rules)
     return Steps(
         init=jit(init, out_shardings=state_sh),
         train=jit(train_fn, in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
                   donate_argnums=(0,)),
-        eval=jit(eval_fn, in_shardings=(params_sh, eval_batch_sh, eval_batch_sh), out_shardings=repl),
+        eval=jit(eval_fn, in_shardings=eval_in, out_shardings=repl),
         mesh=mesh, rules=rules, abstract_state=abstract_state, state_sharding=state_sh,
         train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh)

@@ -3,6 +3,9 @@
 In: `transformers` GPT-2 directories (config.json + model.safetensors, or pytorch_model.bin read
 with `torch.load(weights_only=True)`). Out: a Hugging Face directory (model.safetensors +
 config.json + vocab.json + merges.txt) that `transformers.GPT2LMHeadModel.from_pretrained` loads.
+A classifier goes both ways as `GPT2ForSequenceClassification`: `score.weight` (num_labels,
+n_embd) is params['score']['kernel'] transposed; config.json carries num_labels, id2label and
+pad_token_id (the token whose rightmost absence marks each row's last real token).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt2_jax.data import tokenizers
+from gpt2_jax.model import heads
 from gpt2_jax.model.gpt2 import GPT2Config
 
 HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+# A tokenizer without Hugging Face files (byte-level, SentencePiece) is written as its spec here.
+TOKENIZER_SPEC = "gpt2_jax_tokenizer.json"
 # Non-parameter buffers some HF checkpoints store (causal mask tables).
 _HF_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -201,13 +207,35 @@ def read_hf_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_hf_directory(path: str | Path, **overrides: Any) -> tuple[GPT2Config, dict[str, Any]]:
-    """(config, params) from a HF GPT-2 directory; `overrides` set GPT2Config fields (e.g. dtype)."""
+    """(config, params) from a HF GPT-2 directory; `overrides` set GPT2Config fields (e.g. dtype).
+    A GPT2ForSequenceClassification's `score.weight` becomes params['score'] (see task_of)."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ValueError(f"no config.json in {path}; point at a HF GPT-2 model directory (save_pretrained output)")
     cfg = config_from_hf(json.loads(config_file.read_text()), **overrides)
-    return cfg, params_from_hf_state_dict(read_hf_state_dict(path), cfg)
+    state = read_hf_state_dict(path)
+    score = state.pop("score.weight", None)
+    params = params_from_hf_state_dict(state, cfg)
+    if score is not None:
+        params[heads.SCORE_KEY] = {"kernel": np.ascontiguousarray(_to_numpy(score).T, dtype=jnp.dtype(cfg.param_dtype))}
+    return cfg, params
+
+
+def task_of(path: str | Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """{'kind': 'lm'} for a language model, or a classifier's {'kind': 'classify', 'num_labels',
+    'id2label', 'pad_token_id'} from config.json, for the params load_hf_directory read from path."""
+    if heads.SCORE_KEY not in params:
+        return {"kind": "lm"}
+    hf = json.loads((Path(path) / "config.json").read_text())
+    n = params[heads.SCORE_KEY]["kernel"].shape[1]
+    given = hf.get("id2label") or {}
+    id2label = [str(given.get(str(i), given.get(i, f"LABEL_{i}"))) for i in range(n)]
+    pad = hf.get("pad_token_id")
+    if pad is None:
+        raise ValueError(f"{path}/config.json has no pad_token_id; a sequence classifier needs it to find each "
+                         "row's last token (set it, e.g. to eos_token_id)")
+    return {"kind": "classify", "num_labels": n, "id2label": id2label, "pad_token_id": int(pad), "lora": None}
 
 
 
@@ -256,16 +284,31 @@ def _bpe_files(tokenizer) -> tuple[Path, Path] | None:
     return vocab, merges
 
 
-def save_hf_directory(path: str | Path, cfg: GPT2Config, params: Mapping[str, Any], tokenizer=None) -> list[str]:
+def hf_classifier_config(cfg: GPT2Config, task: Mapping[str, Any], eos_id: int | None = None) -> dict[str, Any]:
+    """config.json of a GPT2ForSequenceClassification for cfg and a classifier's task meta."""
+    names = list(task["id2label"])
+    return {**hf_config(cfg, eos_id), "architectures": ["GPT2ForSequenceClassification"], "num_labels": len(names),
+            "id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)},
+            "pad_token_id": int(task["pad_token_id"]), "problem_type": "single_label_classification"}
+
+
+def save_hf_directory(path: str | Path, cfg: GPT2Config, params: Mapping[str, Any], tokenizer=None,
+                      task: Mapping[str, Any] | None = None) -> list[str]:
     """Write a HF GPT-2 directory: model.safetensors + config.json, and vocab.json + merges.txt +
-    tokenizer_config.json when the tokenizer is GPT-2 BPE with such files. Returns the files written."""
+    tokenizer_config.json when the tokenizer is GPT-2 BPE with such files. Returns the files written.
+    A classifier's task meta makes it a GPT2ForSequenceClassification directory (with score.weight)."""
     from safetensors.numpy import save_file
 
     path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
-    save_file(params_to_hf_state_dict(params, cfg), str(path / "model.safetensors"), metadata={"format": "pt"})
+    tensors = params_to_hf_state_dict(params, cfg)
     eos_id = getattr(tokenizer, "eos_id", None)
-    (path / "config.json").write_text(json.dumps(hf_config(cfg, eos_id), indent=2) + "\n")
+    config = hf_config(cfg, eos_id)
+    if task is not None and task.get("kind") == "classify":
+        tensors["score.weight"] = np.ascontiguousarray(np.asarray(params[heads.SCORE_KEY]["kernel"], np.float32).T)
+        config = hf_classifier_config(cfg, task, eos_id)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     written = ["model.safetensors", "config.json"]
     files = _bpe_files(tokenizer) if tokenizer is not None else None
     if files is not None:
@@ -276,4 +319,7 @@ def save_hf_directory(path: str | Path, cfg: GPT2Config, params: Mapping[str, An
                    "eos_token": eot, "unk_token": eot, "add_prefix_space": False}
         (path / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
         written += ["vocab.json", "merges.txt", "tokenizer_config.json"]
+    elif tokenizer is not None and tokenizer.spec().get("kind") == "byte":
+        (path / TOKENIZER_SPEC).write_text(json.dumps(tokenizer.spec(), indent=2) + "\n")
+        written.append(TOKENIZER_SPEC)
     return written
