@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch  # the `test` extra installs it: a missing reference must fail, not skip
@@ -15,7 +12,6 @@ import transformers
 
 from gpt2_jax.data import labelled
 from gpt2_jax.model import gpt2 as model_lib
-from gpt2_jax.model import heads
 from gpt2_jax.model import lora as lora_lib
 from gpt2_jax.optim import groups, optimizers
 from gpt2_jax.parallel import sharding

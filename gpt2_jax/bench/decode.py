@@ -7,7 +7,6 @@ in rounds so that a change in machine load hits both alike.
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import statistics

@@ -13,6 +13,8 @@ import sys
 from gpt2_jax import verbosity
 from gpt2_jax.cli import bench, common, data, evaluate, finetune, inspect, plan, sample, train, weights
 
+VERBOSE_HELP = "show the libraries' own warnings, banners and progress bars (absl, Orbax, TFDS)"
+
 
 def make_parser() -> argparse.ArgumentParser:
     """The argparse parser of `gpt2-jax` (overrides --config.* are collected separately)."""
