@@ -45,12 +45,14 @@ def _disk_full(e: BaseException | None) -> bool:
     return False
 
 
-def write_error(where: pathlib.Path, e: BaseException) -> CheckpointWriteError:
-    """One line: which step could not be written where and why, what is kept, and what to do."""
+def write_error(where: pathlib.Path, e: BaseException, step: int | None = None) -> CheckpointWriteError:
+    """One line: which step (default: the newest unfinished one on disk) could not be written where
+    and why, what is kept, and what to do."""
     where = pathlib.Path(where)
     unfinished = sorted(int(p.name.split(".")[0]) for p in where.glob(f"*{TMP_MARK}*") if p.name.split(".")[0].isdigit())
     good = sorted(int(p.name) for p in where.iterdir() if p.name.isdigit()) if where.is_dir() else []
-    what = f"checkpoint step {unfinished[-1]}" if unfinished else "a checkpoint"
+    step = step if step is not None else unfinished[-1] if unfinished else None
+    what = f"checkpoint step {step}" if step is not None else "a checkpoint"
     full = _disk_full(e)
     cause = (f"no space left on device ({shutil.disk_usage(where).free / 2**20:.1f} MiB free)" if full
              else one_line(e))
