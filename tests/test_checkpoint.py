@@ -309,6 +309,8 @@ def test_bench_ckpt_reports_blocking_and_overhead(tmp_path, capsys):
     save = r["blocking_save"]
     assert 0 <= save["state_bytes"] - 3 * 4 * save["params"] < 100  # fp32 params, two Adam moments, scalars
     assert all(0 < b <= t for b, t in zip(save["blocking_s"], save["total_s"]))
+    assert save["disk_bytes"] > 0 and all(t > 0 for t in save["checksum_s"] + save["check_s"])
+    assert "its CRC-32 seal" in out
     assert r["overhead"]["no_save_step_s"] > 0 and r["overhead"]["save_step_s"] > 0
 
 

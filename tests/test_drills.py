@@ -183,12 +183,12 @@ def test_disk_full_during_an_async_save_stops_in_one_line_and_keeps_earlier_step
         args = [sys.executable, "-m", "gpt2_jax.cli", "train", "--config", DEFAULT,
                 *_overrides(tmp_path, "unused", 40), f"--config.train.run_dir={run}"]
         proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-        assert proc.returncode == 2
+        assert proc.returncode == 2, proc.stderr[-3000:]
         assert proc.stderr.strip() == (
             f"gpt2-jax: error: checkpoint step 20 could not be written to {run / 'checkpoints'}: no space left on "
             f"device ({proc.stderr.split('device (')[1].split(' MiB')[0]} MiB free); the unfinished step is never "
             "read and earlier steps are intact (latest: step 10); free space or move train.run_dir to a larger "
-            "disk, then run the same command again to resume")
+            "disk, then run the same command again to resume"), proc.stderr[-3000:]
         steps = sorted(p.name for p in (run / "checkpoints").iterdir())
         assert steps[0] == "10" and all(".orbax-checkpoint-tmp" in name for name in steps[1:])
         m = api.load(run)  # checks every file of step 10 against its seal (sizes and CRC-32s)

@@ -36,7 +36,7 @@ def time_blocking_save(preset: str, saves: int = 2) -> dict[str, Any]:
     state = _steps_for(cfg, 1).init()
     jax.block_until_ready(state)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    blocking, total = [], []
+    blocking, total, checksum, check = [], [], [], []
     with tempfile.TemporaryDirectory() as run_dir:
         manager = ckpt.make_manager(run_dir, max_to_keep=1, keep_best=0)
         for step in range(1, saves + 1):
@@ -45,9 +45,17 @@ def time_blocking_save(preset: str, saves: int = 2) -> dict[str, Any]:
             blocking.append(time.perf_counter() - t0)
             ckpt.finish(manager)
             total.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # the seal's CRC-32s, which the save computed in its background thread
+            ckpt.file_checksums(ckpt.step_dir(manager, step))
+            checksum.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # what a restore checks first
+            ckpt.check_step(manager, step, ckpt.abstract_like(state))
+            check.append(time.perf_counter() - t0)
+        disk_bytes = sum(p.stat().st_size for p in ckpt.step_dir(manager, saves).rglob("*") if p.is_file())
         manager.close()
     return {"preset": preset, "params": model_lib.count_params(state.params), "state_bytes": state_bytes,
-            "blocking_s": blocking, "total_s": total}
+            "blocking_s": blocking, "total_s": total, "disk_bytes": disk_bytes, "checksum_s": checksum,
+            "check_s": check}
 
 
 def _loop_seconds(steps: train.Steps, state, batch, n: int, manager, every: int) -> tuple[Any, float, list[float]]:
@@ -109,6 +117,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"save of the {b['preset']} train state ({b['params']:,} params + AdamW, {b['state_bytes'] / 2**30:.2f} GiB): "
         f"blocking {', '.join(f'{t:.2f}' for t in b['blocking_s'])} s; "
         f"until written {', '.join(f'{t:.2f}' for t in b['total_s'])} s",
+        f"its CRC-32 seal ({b['disk_bytes'] / 2**30:.2f} GiB on disk): {', '.join(f'{t:.2f}' for t in b['checksum_s'])} s "
+        f"in the background save; checked before a restore in {', '.join(f'{t:.2f}' for t in b['check_s'])} s",
         f"{o['preset']} B={o['batch_size']} T={o['seq_len']}, {o['steps']} steps per round: "
         f"{o['no_save_step_s'] * 1e3:.1f} ms/step without saving, {o['save_step_s'] * 1e3:.1f} ms/step saving every "
         f"{o['every']} steps ({o['overhead'] * 100:+.1f}%; rounds "

@@ -45,12 +45,14 @@ def _disk_full(e: BaseException | None) -> bool:
     return False
 
 
-def write_error(where: pathlib.Path, e: BaseException) -> CheckpointWriteError:
-    """One line: which step could not be written where and why, what is kept, and what to do."""
+def write_error(where: pathlib.Path, e: BaseException, step: int | None = None) -> CheckpointWriteError:
+    """One line: which step (default: the newest unfinished one on disk) could not be written where
+    and why, what is kept, and what to do."""
     where = pathlib.Path(where)
     unfinished = sorted(int(p.name.split(".")[0]) for p in where.glob(f"*{TMP_MARK}*") if p.name.split(".")[0].isdigit())
     good = sorted(int(p.name) for p in where.iterdir() if p.name.isdigit()) if where.is_dir() else []
-    what = f"checkpoint step {unfinished[-1]}" if unfinished else "a checkpoint"
+    step = step if step is not None else unfinished[-1] if unfinished else None
+    what = f"checkpoint step {step}" if step is not None else "a checkpoint"
     full = _disk_full(e)
     cause = (f"no space left on device ({shutil.disk_usage(where).free / 2**20:.1f} MiB free)" if full
              else one_line(e))
@@ -91,18 +93,23 @@ def quiet_closed_loop_callbacks() -> None:
 
 
 class _ReraisedSaveErrors(logging.Filter):
-    """Drops Orbax's log records (with tracebacks) of a failed background save: `wait_until_finished`
-    re-raises that error, and `save`/`finish` report it in one line."""
+    """Drops the log records (with tracebacks) of a failed background save: Orbax's own, and asyncio's
+    'Task exception was never retrieved' for its write tasks. `wait_until_finished` re-raises that
+    error, and `save`/`finish` report it in one line."""
 
     SIGNS = ("raised an exception", "in background save thread", "Save Finalize thread")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
-                    and any(sign in str(record.msg) for sign in self.SIGNS))
+        if record.levelno < logging.ERROR:
+            return True
+        if record.name == "asyncio":
+            return not ("never retrieved" in str(record.msg) and "orbax" in record.getMessage())
+        return not ("orbax" in record.pathname and any(sign in str(record.msg) for sign in self.SIGNS))
 
 
 def quiet_reraised_save_errors() -> None:
-    """Install `_ReraisedSaveErrors` on the absl logger Orbax logs to (once)."""
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _ReraisedSaveErrors) for f in absl_logger.filters):
-        absl_logger.addFilter(_ReraisedSaveErrors())
+    """Install `_ReraisedSaveErrors` on the absl logger Orbax logs to and on asyncio's (once)."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ReraisedSaveErrors) for f in logger.filters):
+            logger.addFilter(_ReraisedSaveErrors())

@@ -75,7 +75,9 @@ def _checked(manager: ocp.CheckpointManager, action, *args, **kwargs):
     except CheckpointError:
         raise
     except Exception as e:  # Orbax re-raises its background thread's error, whatever its type
-        raise faults.write_error(manager.directory, e) from None
+        latest = manager.latest_step()  # the step being written, while its directory does not exist yet
+        unfinished = latest if latest is not None and not step_dir(manager, latest).is_dir() else None
+        raise faults.write_error(manager.directory, e, unfinished) from None
 
 
 def check_for_errors(manager: ocp.CheckpointManager) -> None:
@@ -120,14 +122,15 @@ def crc32(path: pathlib.Path, chunk: int = 16 << 20) -> int:
     return value
 
 
-def _files(root: pathlib.Path) -> dict[str, list[int]]:
+def file_checksums(root: pathlib.Path) -> dict[str, list[int]]:
+    """{relative path: [size, CRC-32]} of every file under a step directory (what its seal lists)."""
     return {str(p.relative_to(root)): [p.stat().st_size, crc32(p)] for p in sorted(root.rglob("*"))
             if p.is_file() and p.name not in (MANIFEST, f".{MANIFEST}.tmp")}
 
 
 def _write_seal(root: pathlib.Path) -> None:
     tmp = root / f".{MANIFEST}.tmp"
-    rows = [f"{json.dumps(rel)}: [{size}, {crc}]" for rel, (size, crc) in _files(root).items()]
+    rows = [f"{json.dumps(rel)}: [{size}, {crc}]" for rel, (size, crc) in file_checksums(root).items()]
     tmp.write_text("{\n" + ",\n".join(rows) + "\n}\n")  # one file per line
     os.replace(tmp, root / MANIFEST)  # atomic: a half-written list is never read
 
