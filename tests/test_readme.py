@@ -34,8 +34,8 @@ from gpt2_jax.data import shakespeare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=4",
-        "--config.model.n_positions=128", "--config.data.seq_len=32", "--config.data.batch_size=8",
-        "--config.eval.batch_size=8", "--config.eval.max_batches=2", "--config.train.eval_every=2",
+        "--config.model.n_positions=128", "--config.data.seq_len=64", "--config.data.batch_size=8",
+        "--config.eval.batch_size=32", "--config.eval.max_batches=2", "--config.train.eval_every=2",
         "--config.train.log_every=2", "--config.checkpoint.every=2", "--config.optim.warmup_steps=1"]
 INSTALL = re.compile(r"^python3 -m venv \.venv && \. \.venv/bin/activate && pip install .*? -e \S+ && ")
 EXCLUDED = {  # command prefix -> why it does not run here
