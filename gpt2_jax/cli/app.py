@@ -11,7 +11,7 @@ import os
 import sys
 
 from gpt2_jax import verbosity
-from gpt2_jax.cli import bench, common, data, evaluate, finetune, inspect, plan, sample, train, weights
+from gpt2_jax.cli import bench, common, data, evaluate, finetune, inspect, sample, train, weights
 
 VERBOSE_HELP = "show the libraries' own warnings, banners and progress bars (absl, Orbax, TFDS)"
 
@@ -30,7 +30,7 @@ def make_parser() -> argparse.ArgumentParser:
     weights.add_parsers(sub)
     evaluate.add_parsers(sub)
     inspect.add_parser(sub)
-    plan.add_parser(sub)
+    train.add_plan_parser(sub)
     for command in sub.choices.values():  # also accepted after the command's name
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return p
