@@ -82,8 +82,8 @@ class Progress:
         steps = step - self.mark[0]
         rate = self.tokens_per_step * steps / max(seconds - self.mark[1], 1e-9)
         self.mark = (step, seconds)
-        scores = "".join(f", {name} {val[key]:.4f}" for key, name in (("val_bpb", "bits/byte"), ("val_accuracy", "accuracy"),
-                                                                   ("val_macro_f1", "macro-F1")) if key in val)
+        scores = "".join(f", {name} {val[key]:.4f}" for key, name in (
+            ("val_bpb", "bits/byte"), ("val_accuracy", "accuracy"), ("val_macro_f1", "macro-F1")) if key in val)
         self.line(f"step {step}/{self.total}: val loss {val['val_loss']:.4f}{scores}{note}, "
                   f"{rate:,.0f} tokens/s, elapsed {clock(time.perf_counter() - self.started)}")
 
