@@ -22,11 +22,11 @@ def get_config():
     c.data.source = "shakespeare/genre"
     c.data.batch_size = 32
     c.model.embd_dropout = c.model.resid_dropout = 0.1
-    c.optim.lr = 3e-4
+    c.optim.lr = 5e-4
     c.optim.warmup_steps = 20
     c.optim.weight_decay = 0.01
     c.optim.min_lr_ratio = 0.1
-    c.train.steps = 200
+    c.train.steps = 400
     c.train.eval_every = 50
     c.train.log_every = 25
     c.train.early_stopping.metric = "val_accuracy"

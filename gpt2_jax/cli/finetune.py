@@ -16,7 +16,7 @@ def add_parsers(sub) -> None:
     f.add_argument("--init-from", help="the pretrained run or export (default: the config's checkpoint.init_from)")
     f.add_argument("--arms", default="pretrained,random,baseline,frozen,lora",
                    help="comma-separated, from: pretrained, random, baseline, frozen, lora")
-    f.add_argument("--out", help="folder of the arms' run dirs and table.{md,json} (default: train.run_dir)")
+    f.add_argument("--out", help="folder of the arms' run dirs and table.{md,json} (default: train.run_dir + '_arms')")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(handler=run)
     p = sub.add_parser("predict", help="classify the texts of a JSONL file with a fine-tuned classifier")

@@ -91,9 +91,10 @@ def markdown_table(rows: list[dict]) -> str:
 
 def run(config_path: str, overrides: list[str], arms: list[str], out: str | None,
         say: Callable[..., None] = print) -> list[dict]:
-    """Run each arm (a full training run, or the baseline), then write out/table.{md,json}; returns the rows."""
+    """Run each arm (a full training run, or the baseline) in out/<arm> (default: train.run_dir + '_arms'),
+    writing out/table.{md,json} after each; returns the rows."""
     _check(config_path, overrides, arms)
-    out_dir = pathlib.Path(out or config_lib.load_config(config_path, overrides).train.run_dir).expanduser()
+    out_dir = pathlib.Path(out or config_lib.load_config(config_path, overrides).train.run_dir + "_arms").expanduser()
     rows = []
     for arm in arms:
         say(f"== arm {arm}: {ARMS[arm][0]}", flush=True)
