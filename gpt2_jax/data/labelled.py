@@ -53,6 +53,11 @@ def check_source(source: str, kind: str) -> None:
     raise ValueError(f"{source!r} cannot feed task {kind}; use {want}")
 
 
+def has_own_splits(source: str) -> bool:
+    """Whether the splits of a text or task source are different texts (the genre task: whole plays)."""
+    return source == genre.SOURCE or sources.has_own_splits(source)
+
+
 def read_pairs(source: str, split: str, data_dir: str | os.PathLike, text_field: str = "text",
                label_field: str = "label", labels_are_ids: bool = True) -> Pairs:
     """The examples of `split` of a task source (see the module docstring), in a fixed order.

@@ -12,7 +12,7 @@ import jax
 from ml_collections import config_dict
 
 from gpt2_jax import config as config_lib
-from gpt2_jax.data import holdout, sources, tokenizers
+from gpt2_jax.data import holdout, labelled, sources, tokenizers
 from gpt2_jax.data import tokens as tokens_lib
 from gpt2_jax.generate import decode as generate
 from gpt2_jax.model import gpt2 as model_lib
@@ -85,8 +85,8 @@ def describe_split(cfg: config_dict.ConfigDict, role: str, header: dict) -> str:
 
 
 def held_out(cfg: config_dict.ConfigDict) -> bool:
-    """Whether the test split is text that training never reads."""
-    return sources.has_own_splits(cfg.data.source) or cfg.data.holdout_fraction > 0
+    """Whether the test split is text that training never reads (a task's examples have no held-out parts)."""
+    return labelled.has_own_splits(cfg.data.source) or (cfg.task.kind == "lm" and cfg.data.holdout_fraction > 0)
 
 
 def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
