@@ -179,22 +179,35 @@ stop_tail() {
   tail_pid=""
 }
 
-# Poll until every process has exited, or one has failed.
+# lost_peer I: whether process I stopped because it lost another process (a consequence, not the cause).
+lost_peer() { tail -n 1 "$(log_of "$1")" 2>/dev/null | grep -q '^gpt2-jax: error: lost process '; }
+
+# Poll until every process has exited, or one has failed. Of the failures, the cause is reported:
+# a process that says it lost another one exits within milliseconds of it, so after the first
+# failure the others get one more look half a second later.
 codes=()
 failed=""
 remaining=$n
-while ((remaining > 0)); do
+reap_exited() {
+  local i
   for ((i = 0; i < n; i++)); do
     [[ -z ${codes[i]:-} ]] || continue
     alive "${pids[i]}" && continue
     wait "${pids[i]}"
     codes[i]=$?
     ((remaining--))
-    if [[ ${codes[i]} -ne 0 && -z $failed && -z $signalled ]]; then
+    if [[ ${codes[i]} -ne 0 && -z $signalled ]] && { [[ -z $failed ]] || { lost_peer "$failed" && ! lost_peer "$i"; }; }; then
       failed=$i
     fi
   done
-  [[ -n $failed ]] && break
+}
+while ((remaining > 0)); do
+  reap_exited
+  if [[ -n $failed ]]; then
+    sleep 0.5
+    reap_exited
+    break
+  fi
   ((remaining > 0)) && sleep 0.2
 done
 
