@@ -70,6 +70,22 @@ if out:
     with open(os.path.join(out, f"pid_{{pid}}"), "w") as f:
         f.write(str(os.getpid()))
 print(f"fake process {{pid}} starts", flush=True)
+if os.environ.get("FAKE_LOST"):  # 1 is killed; 0 notices at once and stops, as the watchdog does
+    if pid == "1":
+        time.sleep(0.5)
+        os.kill(os.getpid(), 9)
+    while not os.path.exists(os.path.join(out, "pid_1")):
+        time.sleep(0.01)
+    victim = int(open(os.path.join(out, "pid_1")).read())
+    def gone(p):
+        try:
+            return open(f"/proc/{{p}}/stat").read().split()[2] in "ZX"
+        except OSError:
+            return True
+    while not gone(victim):
+        time.sleep(0.01)
+    print("gpt2-jax: error: lost process 1 of 2: its connection closed", file=sys.stderr, flush=True)
+    sys.exit(2)
 if pid == "1":
     print(f"fake process {{pid}} fails", file=sys.stderr, flush=True)
     sys.exit(int(os.environ.get("FAKE_FAIL_CODE", "3")))
@@ -184,6 +200,16 @@ def test_local_failure_stops_the_others(tmp_path):
         pid = int((out / f"pid_{i}").read_text())
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_local_reports_the_killed_process_not_the_one_that_stopped_because_it_lost_it(tmp_path):
+    (tmp_path / "cfg.py").write_text("")
+    fake = write_exe(tmp_path / "fake_python", FAKE_PYTHON)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run(LOCAL, 2, "cfg.py", cwd=tmp_path, env=clean_env(PYTHON=str(fake), FAKE_OUT=str(out), FAKE_LOST="1"))
+    assert r.returncode == 137, r.stderr  # both are gone within one poll; the cause is process 1
+    assert "process 1 of 2 exited with code 137" in error_lines(r.stderr)[0]
 
 
 # ---------------------------------------------------------------- slurm.sbatch
