@@ -142,3 +142,85 @@ def test_gradient_accumulation_matches_big_batch(boxed):
 def test_optimizer_kind_error():
     with pytest.raises(ValueError, match="unknown optimizer kind 'sgd'"):
         optim.make_optimizer("sgd")
+
+
+def _one_update(tx, params, seed=1):
+    """The first update of `tx` on a random gradient of params' shapes, and that gradient."""
+    rng = np.random.default_rng(seed)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.0, 1.0, p.shape), p.dtype), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return updates, grads
+
+
+def test_muon_orthogonalizes_block_matrices_and_gives_the_rest_adam(boxed):
+    params = nn.meta.unbox(boxed)
+    lr, adam_lr = 0.02, 0.003
+    tx = optim.make_optimizer("muon", lr=lr, weight_decay=0.0, grad_clip=0.0, adam_lr_ratio=adam_lr / lr)
+    rng = np.random.default_rng(1)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.0, 1.0, p.shape), p.dtype), params)
+    u, _, vt = np.linalg.svd(rng.normal(size=(CFG.n_embd, 4 * CFG.n_embd)),
+                             full_matrices=False)
+    grads["h_0"]["mlp"]["fc_kernel"] = jnp.asarray((u * np.geomspace(20.0, 1.0, 32)) @ vt, jnp.float32)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    attn, mlp = updates["h_0"]["attn"], updates["h_0"]["mlp"]
+    d, h, hd = CFG.n_embd, CFG.n_head, CFG.n_embd // CFG.n_head
+    matrices = [attn["qkv_kernel"][:, i].reshape(d, h * hd) for i in range(3)]  # q, k, v each its own
+    matrices += [attn["out_kernel"].reshape(h * hd, d), mlp["fc_kernel"], mlp["proj_kernel"]]
+    for u in matrices:  # Newton-Schulz pushes every singular value toward one value; a gradient's spread widely
+        sv = np.linalg.svd(np.asarray(u), compute_uv=False)
+        assert sv.max() / sv.min() < 2.5, sv
+    raw = np.linalg.svd(np.asarray(grads["h_0"]["mlp"]["fc_kernel"]), compute_uv=False)
+    assert raw.max() / raw.min() > 19  # an ill-conditioned gradient came out well-conditioned
+    for leaf in (updates["wte"]["embedding"], updates["h_0"]["ln_1"]["scale"], updates["h_0"]["mlp"]["fc_bias"]):
+        # NAdam's first step (muon's Adam is Nesterov too): (b1 (1-b1) / (1-b1^2) + 1) * adam_lr * sign(g)
+        np.testing.assert_allclose(np.abs(np.asarray(leaf)), adam_lr * (0.9 * 0.1 / (1 - 0.81) + 1), rtol=1e-3)
+
+
+def test_lion_steps_by_the_sign_and_adafactor_keeps_factored_moments():
+    params = {"w": jnp.ones((256, 384)), "b": jnp.zeros((384,))}
+    updates, grads = _one_update(optim.make_optimizer("lion", lr=1e-4, weight_decay=0.0, grad_clip=0.0), params)
+    np.testing.assert_array_equal(np.asarray(updates["w"]), -1e-4 * np.sign(np.asarray(grads["w"])))
+    tx = optim.make_optimizer("adafactor", lr=1e-3, weight_decay=0.0, grad_clip=0.0)
+    state_floats = sum(x.size for x in jax.tree.leaves(tx.init(params)) if jnp.issubdtype(x.dtype, jnp.floating))
+    adam_floats = sum(x.size for x in jax.tree.leaves(optim.make_optimizer("adamw").init(params))
+                      if jnp.issubdtype(x.dtype, jnp.floating))
+    assert state_floats < 0.01 * adam_floats  # a row and a column per matrix instead of two full moments
+    updates, _ = _one_update(tx, params)
+    assert float(jnp.sqrt(jnp.mean(updates["w"] ** 2))) <= 1e-3 * 1.0001  # update clipped to RMS 1, times lr
+
+
+@pytest.mark.parametrize("kind", ["muon", "lion", "adafactor"])
+def test_every_optimizer_trains_the_model_through_the_config(kind):
+    from gpt2_jax import config as config_lib
+    cfg = config_lib.base_config()
+    cfg.optim.name, cfg.optim.lr = kind, {"muon": 0.02, "lion": 3e-3, "adafactor": 1e-2}[kind]
+    cfg.optim.adam_lr, cfg.optim.warmup_steps, cfg.train.steps = 3e-3, 0, 30
+    config_lib.validate(cfg)
+    schedule, tx = optim.optimizer_from_config(cfg)
+    m = GPT2(CFG)
+    params = nn.meta.unbox(model.init_params(CFG, jax.random.key(0), seq_len=16))
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 8, (8, 17)))  # 8 symbols of 64: easy to learn
+
+    def loss_fn(p):
+        logits = m.apply({"params": p}, ids[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+
+    @jax.jit
+    def step(p, s):
+        loss, g = jax.value_and_grad(loss_fn)(p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    state, losses = tx.init(params), []
+    for _ in range(30):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.75 * losses[0], losses  # ln 64 = 4.16 -> toward ln 8 = 2.08
+
+
+def test_adam_lr_is_checked():
+    from gpt2_jax import config as config_lib
+    cfg = config_lib.base_config()
+    cfg.optim.adam_lr = -1.0
+    with pytest.raises(config_lib.ConfigError, match="optim.adam_lr: must be positive"):
+        config_lib.validate(cfg)
