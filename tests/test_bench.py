@@ -115,11 +115,23 @@ def test_profile_steps_parse():
 def test_sweep_writes_json_and_markdown_and_resumes(tmp_path):
     lines = []
     rows = bench_sweep.run_sweep("smoke", str(tmp_path), echo=lines.append)
-    assert [r["status"] for r in rows] == ["ok"] and len(lines) == 2
+    assert [r["status"] for r in rows] == ["ok"] and len(lines) == 3 and lines[2].startswith("| row | impl |")
     assert "| nano, chunked cross-entropy | gpt2_jax | nano | 2 x 32 |" in (tmp_path / "sweep.md").read_text()
     assert json.loads((tmp_path / "sweep.json").read_text())[0]["report"]["loss_chunk"] == 8
     lines.clear()
     assert bench_sweep.run_sweep("smoke", str(tmp_path), echo=lines.append) == rows and lines == []
+
+
+def test_sweep_runs_only_what_fits_its_budget_and_the_dry_run_shows_the_order(tmp_path):
+    lines = []
+    rows = bench_sweep.run_sweep("smoke", str(tmp_path), echo=lines.append, budget_s=60)  # the row's budget: 300 s
+    assert [r["status"] for r in rows] == ["waiting"] and lines == [] and not list(tmp_path.glob("row*.json"))
+    assert "run again" in json.loads((tmp_path / "sweep.json").read_text())[0]["error"]
+    plan = bench_sweep.plan_lines("gpu", budget_s=660)
+    assert [line.split("  ")[-1].split(":")[0] for line in plan[:5]] == [
+        "headline", "headline", "headline", "headline", "headline"]
+    assert "decode batch 1 " in plan[2] and "decode batch 32 " in plan[3] and "bench eval" in plan[4]
+    assert not any("next call" in line for line in plan[:5]) and all("next call" in line for line in plan[5:])
 
 
 def test_gpu_bench_script_is_one_command_that_refuses_a_cpu(tmp_path):
@@ -132,6 +144,12 @@ def test_gpu_bench_script_is_one_command_that_refuses_a_cpu(tmp_path):
     r = subprocess.run([script], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"})
     assert r.returncode != 0 and "no GPU: cpu" in r.stderr and not (tmp_path / "bench_gpu").exists()
+    dry = subprocess.run([script, "--dry-run", "--budget", "300"], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"})
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("[ 1]  120 s  total   2.0 min  headline: gpt2 T=1024")
+    assert "(after --budget: next call)" in dry.stdout.splitlines()[2]  # 120 + 200 > 300
+    assert not (tmp_path / "bench_gpu").exists()
 
 
 def test_train_profiles_steps_and_logs_throughput_with_a_chunked_loss(tmp_path):
@@ -160,12 +178,19 @@ def test_every_row_of_the_gpu_plan_is_a_valid_bench_command(tmp_path):
     rows = bench_sweep.PLANS["gpu"](str(tmp_path))
     names = [r["name"] for r in rows]
     assert len(set(names)) == len(names)  # names are the resume keys
-    for row in rows:
-        spec = cli_bench.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *row["args"]]))
+    parse = cli.make_parser().parse_args
+    train = [r for r in rows if r.get("kind", "train") == "train"]
+    for row in train:
+        spec = cli_bench.train_bench_spec(parse(["bench", "train", *row["args"]]))
         bench_train.check(spec)
-        if row["name"].startswith("+ chunked"):
+        if row["name"].startswith(("+ chunked", "headline")):
             assert (spec.dtype, spec.attention, spec.vocab_multiple, spec.loss_chunk) == ("bfloat16", "cudnn", 128, 128)
-    peers = cli_bench.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *rows[-6]["args"]])).peers
+    assert {r["kind"] for r in rows if r not in train} == {"decode", "eval"}
+    for row in rows:
+        assert parse(["bench", row.get("kind", "train"), *row["args"]]).preset.startswith("gpt2")
+        assert 0 < row["budget_s"] <= 300
+    peers = cli_bench.train_bench_spec(parse(["bench", "train", *rows[1]["args"]])).peers
     assert peers == (("hf-torch", None), ("nanogpt", str(tmp_path)))
-    gpt2 = [cli_bench.train_bench_spec(cli.make_parser().parse_args(["bench", "train", *r["args"]])) for r in rows[:6]]
+    gpt2 = [cli_bench.train_bench_spec(parse(["bench", "train", *r["args"]])) for r in train[:7]]
     assert all((s.preset, s.seq_len, s.vocab_size) == ("gpt2", 1024, 50257) for s in gpt2)
+    assert sum(r["budget_s"] for r in rows[:5]) <= 660  # the headline rows fit one ration with start-up

@@ -15,8 +15,11 @@ def run(args, overrides: list[str], env) -> int:
     if args.kind == "sweep":
         from gpt2_jax.bench import sweep as bench_sweep
 
+        if args.dry_run:
+            print("\n".join(bench_sweep.plan_lines(args.plan, args.nanogpt, args.budget)), flush=True)
+            return 0
         rows = bench_sweep.run_sweep(args.plan, args.out, nanogpt=args.nanogpt, base_env=dict(env),
-                                     echo=lambda line: print(line, flush=True))
+                                     echo=lambda line: print(line, flush=True), budget_s=args.budget)
         print(bench_sweep.markdown_table(rows), flush=True)
         return 0
     if peers and common.jax_backend_is_gpu(env):  # the peers share the GPU: no preallocated JAX pool
@@ -114,6 +117,8 @@ def add_parser(sub) -> None:
     b.add_argument("--plan", default="gpu", help="sweep: gpu (gpt2 T=1024 and larger) | cpu-switches | smoke")
     b.add_argument("--out", default="bench_sweep", help="sweep: folder for sweep.json and sweep.md (resumes)")
     b.add_argument("--nanogpt", help="sweep: a nanoGPT checkout for the side-by-side row")
+    b.add_argument("--budget", type=float, help="sweep: run only the rows whose budgets fit in this many seconds")
+    b.add_argument("--dry-run", action="store_true", help="sweep: print the rows, their order and budgets; run nothing")
     b.add_argument("--json", help="also write the report here")
     b.add_argument("--stride", type=int, default=512, help="eval: window advance (--seq-len is the window)")
     b.add_argument("--eval-tokens", type=int, default=4096, help="eval: length of the scored token sequence")
