@@ -126,15 +126,20 @@ def _run(steps: int, kl_weight: float, words: str = "a,e,i,o,u", lr: float = 1e-
     return history, final
 
 
-def test_lexical_reward_rises_on_a_nano_model_and_a_huge_kl_weight_holds_the_policy():
-    free, free_final = _run(30, kl_weight=0.0)
-    start = np.mean([h["reward_mean"] for h in free[:5]])
-    end = np.mean([h["reward_mean"] for h in free[-5:]])
-    assert end > 2 * start + 0.5, (start, end)
-    assert free_final["kl"] > 0.5
-    leashed, leashed_final = _run(30, kl_weight=1000.0)
+def test_lexical_reward_rises_on_a_nano_model():
+    free, final = _run(12, kl_weight=0.0)
+    start = np.mean([h["reward_mean"] for h in free[:3]])
+    end = np.mean([h["reward_mean"] for h in free[-3:]])
+    assert end > 3 * start + 1.0, (start, end)  # vowels: ~0.5 per completion at init, several after
+    assert final["reward"] > 2.0 and final["kl"] > 1.0  # the policy left its reference to get there
+
+
+@pytest.mark.slow
+def test_a_huge_kl_weight_holds_the_policy_at_the_reference():
+    free, free_final = _run(12, kl_weight=0.0)
+    leashed, leashed_final = _run(12, kl_weight=1000.0)
     assert leashed_final["kl"] < 0.05 * free_final["kl"], (leashed_final["kl"], free_final["kl"])
-    assert np.mean([h["reward_mean"] for h in leashed[-5:]]) < end
+    assert np.mean([h["reward_mean"] for h in leashed[-3:]]) < np.mean([h["reward_mean"] for h in free[:3]]) + 0.5
 
 
 def test_reward_errors_are_one_line():
