@@ -217,3 +217,31 @@ def test_sigkill_mid_run_then_resume_gives_the_same_rewards_bitwise(tmp_path):
     assert cli.main(_args(tmp_path, "killed")) == 0
     got = _rewards(tmp_path / "killed")
     assert got == expected  # the same floats every step: samples, rewards and updates
+
+
+@pytest.mark.slow  # 63 s on the shared 2 cores (two decoders compile)
+def test_sample_arrays_inside_jit_decodes_as_generate_does():
+    from gpt2_jax.generate import decode, processors
+    model = model_lib.GPT2(CFG)
+    params = step_lib.strip_boxes(model_lib.init_params(CFG, jax.random.key(3), 32))
+    prompts = PROMPTS[:3]
+    arrays = processors.Settings.checked(1.0, top_k=1).arrays()  # top-1 sampling: the greedy path, exactly
+    out, mask = jax.jit(lambda p, t: decode.sample_arrays(model, p, t, jax.random.key(0), arrays, 2, 10))(
+        params, jnp.asarray(prompts))
+    greedy = decode.generate(model, params, [list(p) for p in prompts], 10, temperature=0.0)
+    assert out.shape == (6, 10) and float(mask.min()) == 1.0  # no EOS given: every token counts
+    for i, row in enumerate(greedy.tokens):
+        assert out[2 * i].tolist() == row and out[2 * i + 1].tolist() == row
+
+
+def test_jsonl_prompts_are_left_padded_with_eos_and_bad_files_are_one_line(tmp_path):
+    from gpt2_jax.reward.prompts import read_jsonl
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "Hi"}\n\n{"prompt": "A much longer prompt"}\n')
+    rows = read_jsonl(str(path), "prompt", TOK.encode, 6, TOK.eos_id)
+    assert rows.tolist() == [[256] * 4 + TOK.encode("Hi"), TOK.encode("prompt")]  # the last tokens kept
+    path.write_text('{"text": "Hi"}\n')
+    with pytest.raises(ValueError, match=r"line 1: no string field 'prompt'; set reward.prompt_field"):
+        read_jsonl(str(path), "prompt", TOK.encode, 6, TOK.eos_id)
+    with pytest.raises(ValueError, match="no such file"):
+        read_jsonl(str(tmp_path / "none.jsonl"), "prompt", TOK.encode, 6, TOK.eos_id)
