@@ -19,7 +19,6 @@ import numpy as np
 
 from gpt2_jax import api
 from gpt2_jax import config as config_lib
-from gpt2_jax.jobs import pretrain
 from gpt2_jax.train import loop, resume
 from gpt2_jax.weights import huggingface
 
@@ -34,9 +33,10 @@ def _summary(name: str, rewards: list[float], kls: list[float], seconds: list[fl
             "reward_last5": float(np.mean(rewards[-5:])), "kl_last5": float(np.mean(kls[-5:])), "rewards": rewards}
 
 
-def bench_ours(cfg, steps: int):
-    """Our rollout + update, `steps` times, from cfg.checkpoint.init_from; (row, components, prompt texts)."""
-    c = pretrain.build(cfg, QUIET)
+def bench_ours(cfg, steps: int, build: Callable):
+    """Our rollout + update, `steps` times, from cfg.checkpoint.init_from; (row, components, prompt texts).
+    build(cfg, echo) makes the run's components (jobs.pretrain.build, handed down by the command)."""
+    c = build(cfg, QUIET)
     s = loop.make_steps(c, echo=QUIET)
     state = resume.init_from(c, s, cfg.checkpoint.init_from, QUIET)
     frozen = c.task.prepare(c, s, QUIET)
@@ -138,14 +138,15 @@ def bench_trl(cfg, c, prompts: list[str], steps: int, reward_fn: Callable) -> di
                     cfg.data.batch_size * r.group_size)
 
 
-def bench_reward(config: str, steps: int, peer: str = "none") -> dict:
-    """Both implementations on the experiment file `config` (its reward, prompts and settings)."""
+def bench_reward(config: str, steps: int, build: Callable, peer: str = "none") -> dict:
+    """Both implementations on the experiment file `config` (its reward, prompts and settings);
+    build(cfg, echo) -> train.loop.Components (jobs.pretrain.build)."""
     if steps < 2:
         raise ValueError(f"bench reward --steps {steps}: need >= 2 (the first step compiles and is not timed)")
     cfg = config_lib.load_config(config, [f"train.run_dir={tempfile.mkdtemp()}"])
     if not cfg.checkpoint.init_from:
         raise ValueError(f"{config} has no checkpoint.init_from: the peer needs the same starting weights")
-    ours, c, prompts = bench_ours(cfg, steps)
+    ours, c, prompts = bench_ours(cfg, steps, build)
     rows = [ours]
     if peer == "trl":
         rows.append(bench_trl(cfg, c, prompts, steps, c.task.reward_fn))

@@ -48,8 +48,9 @@ def run(args, overrides: list[str], env) -> int:
         text = bench_eval.format_eval_report(report)
     elif args.kind == "reward":
         from gpt2_jax.bench import reward as bench_reward
+        from gpt2_jax.jobs import pretrain
 
-        report = bench_reward.bench_reward(args.config, args.steps, peer=peers[0][0] if peers else "none")
+        report = bench_reward.bench_reward(args.config, args.steps, pretrain.build, peer=peers[0][0] if peers else "none")
         text = bench_reward.format_report(report)
     elif args.kind == "decode":
         from gpt2_jax.bench import decode as bench
