@@ -44,6 +44,8 @@ EXCLUDED = {  # command prefix -> why it does not run here
         "parameters ahead of time, 13 min on 2 cores (BENCHMARKS.md); tests/test_plan.py runs `gpt2-jax plan`",
     "ssh-add": "needs an SSH agent and a Google Cloud key",
     "gpt2-jax prepare --source tfds:lm1b": "a TFDS catalog dataset, prepared only on a machine with internet",
+    "gpt2-jax bench reward": "TRL's GRPOTrainer (trl, accelerate, datasets) is installed apart, not a project "
+        "dependency; 10 TRL steps take ~15 min on 2 cores (BENCHMARKS.md)",
 }
 DRY_RUN = {  # command prefix -> why it runs as --dry-run
     "launch/local.sh --platform gpu": "no GPU here",

@@ -49,6 +49,12 @@ def run(args, overrides: list[str], env) -> int:
                                        rounds=args.rounds, dtype=args.dtype, peer=peers[0][0] if peers else "none",
                                        vocab_size=args.vocab_size or 50257)
         text = bench_eval.format_eval_report(report)
+    elif args.kind == "reward":
+        from gpt2_jax.bench import reward as bench_reward
+        from gpt2_jax.jobs import pretrain
+
+        report = bench_reward.bench_reward(args.config, args.steps, pretrain.build, peer=peers[0][0] if peers else "none")
+        text = bench_reward.format_report(report)
     elif args.kind == "decode":
         from gpt2_jax.bench import decode as bench
 
@@ -90,7 +96,7 @@ def train_bench_spec(args):
 def add_parser(sub) -> None:
     """Adds the `bench` subcommand and its flags to the subparsers `sub`."""
     b = sub.add_parser("bench", help="throughput of train steps, decoding, eval, data, checkpoint saves; peers beside")
-    b.add_argument("kind", nargs="?", choices=["train", "decode", "eval", "data", "ckpt", "sweep"], default="train",
+    b.add_argument("kind", nargs="?", choices=["train", "decode", "eval", "data", "ckpt", "sweep", "reward"], default="train",
                    help="sweep: every GPU figure of BENCHMARKS.md, one subprocess per row (see --plan)")
     b.add_argument("--preset", default="tiny")
     b.add_argument("--batch-size", type=int, default=32)
@@ -99,7 +105,8 @@ def add_parser(sub) -> None:
     b.add_argument("--new-tokens", type=int, default=256, help="decode: tokens generated per row")
     b.add_argument("--vocab-size", type=int, help="default: 257 (train), 50257 (decode)")
     b.add_argument("--vocab-multiple", type=int, default=1, help="train: pad the vocab up to a multiple (128: 50304)")
-    b.add_argument("--steps", type=int, default=10, help="train: timed steps")
+    b.add_argument("--steps", type=int, default=10, help="train: timed steps; reward: steps of each")
+    b.add_argument("--config", default="experiments/reward_comedy.py", help="reward: the experiment file")
     b.add_argument("--warmup", type=int, default=2, help="train: untimed steps")
     b.add_argument("--dtype", default="float32", help="compute dtype: float32 | bfloat16")
     b.add_argument("--param-dtype", default="float32", help="train: params and AdamW moments (bfloat16: all-bf16)")
@@ -110,7 +117,8 @@ def add_parser(sub) -> None:
     b.add_argument("--rules", default="fsdp+tp", help="train: sharding rules (dp | fsdp | tp | fsdp+tp)")
     b.add_argument("--rounds", type=int, default=2, help="interleaved rounds with the peer")
     b.add_argument("--peer", nargs="+", action="append", metavar="NAME [PATH]",
-                   help="repeatable: hf-torch (transformers GPT-2) | nanogpt PATH (a nanoGPT checkout) | none")
+                   help="repeatable: hf-torch (transformers GPT-2) | nanogpt PATH (a nanoGPT checkout) | trl "
+                   "(reward) | none")
     b.add_argument("--peer-compile", default="auto", help="train: torch.compile the peers: auto | on | off")
     b.add_argument("--profile-steps", help="train: A:B traces extra steps A..B-1 with jax.profiler")
     b.add_argument("--profile-dir", default="bench_profile", help="train: where the trace goes")

@@ -348,3 +348,22 @@ def _beam_loop(model, params, tokens, pad, num_new, length_penalty, eos_id, *, o
 
     c = jax.lax.while_loop(lambda c: c["go"] & (c["t"] < num_new), body, carry)
     return c["fin_seq"], c["fin_score"]
+
+
+def sample_arrays(model: model_lib.GPT2, params, tokens: jax.Array, rng: jax.Array, settings: dict,
+                  num_samples: int, out_len: int, eos_id: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Traceable sampling for use inside jit: prompts (B, P) of real tokens -> (B * num_samples, out_len)
+    continuations (prompt-major rows) and their mask (1 up to and including a sampled eos_id, else 0).
+
+    settings is `processors.Settings(...).arrays()`; every row decodes with the KV cache for exactly
+    out_len steps unless all rows stopped, as `generate` would decode it alone.
+    """
+    rows = jnp.repeat(tokens, num_samples, axis=0)
+    pad = jnp.zeros((rows.shape[0],), jnp.int32)
+    stops = jnp.asarray([-1 if eos_id is None else eos_id], jnp.int32)
+    out, _, _, _, _ = _sample_loop(model, params, rows, pad, jnp.int32(out_len), rng, settings, stops,
+                                   jnp.zeros((rows.shape[0],), bool), out_len=out_len, greedy=False,
+                                   return_logprobs=False)
+    stopped = jnp.cumsum(out == stops[0], axis=1)  # 1 from the first EOS on; the tokens after it are filler
+    mask = (stopped - (out == stops[0]) == 0).astype(jnp.float32)
+    return out, mask

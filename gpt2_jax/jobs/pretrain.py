@@ -11,6 +11,7 @@ from typing import Any, Callable
 import jax
 from ml_collections import config_dict
 
+from gpt2_jax import api
 from gpt2_jax import config as config_lib
 from gpt2_jax.data import holdout, labelled, sources, tokenizers
 from gpt2_jax.data import tokens as tokens_lib
@@ -19,6 +20,7 @@ from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.optim import optimizers
 from gpt2_jax.parallel import distributed
 from gpt2_jax.posttrain import build as task_build
+from gpt2_jax.reward import task as reward_task
 from gpt2_jax.train import loop, progress
 
 
@@ -32,7 +34,7 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loo
     if mcfg.vocab_size < tokenizer.vocab_size:  # checked before any tokenizing
         raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
                                      f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
-    if cfg.task.kind != "lm":
+    if cfg.task.kind not in ("lm", "reward"):  # reward tuning reads a text source, as language modeling
         splits, id2label = task_build.task_splits(cfg, tokenizer, echo)
         return _components(cfg, tokenizer, mcfg, splits, id2label)
     splits = {}
@@ -49,7 +51,10 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loo
 
 
 def _components(cfg, tokenizer, mcfg, splits, id2label=None) -> loop.Components:
-    task = task_build.make_task(cfg, tokenizer.eos_id, id2label)
+    if cfg.task.kind == "reward":
+        task = reward_task.from_config(cfg, tokenizer, load_classifier=api.load)
+    else:
+        task = task_build.make_task(cfg, tokenizer.eos_id, id2label)
     labels = task_build.param_labels(cfg, task_build.param_shapes(mcfg, task))
     schedule, optimizer = optimizers.optimizer_from_config(cfg, labels)
     return loop.Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits, task, labels)
@@ -62,7 +67,11 @@ def _result_line(r: dict, prefix: str) -> str:
         return (f"loss {r[f'{prefix}_loss']:.4f}, accuracy {r[f'{prefix}_accuracy']:.4f}, macro-F1 "
                 f"{r[f'{prefix}_macro_f1']:.4f}, recall {recalls}")
     line = f"loss {r[f'{prefix}_loss']:.4f} nats/token, ppl {r[f'{prefix}_ppl']:.3f}"
-    return line + (f", bits/byte {r[f'{prefix}_bpb']:.4f}" if f"{prefix}_bpb" in r else "")
+    line += f", bits/byte {r[f'{prefix}_bpb']:.4f}" if f"{prefix}_bpb" in r else ""
+    if f"{prefix}_reward" in r:  # reward tuning: the evaluation prompts' reward beside the reference's
+        line += (f"; reward {r[f'{prefix}_reward']:.4f} (reference {r[f'{prefix}_reward_reference']:.4f}), "
+                 f"KL {r[f'{prefix}_kl']:.4f} nats per completion")
+    return line
 
 
 def role_splits(cfg: config_dict.ConfigDict) -> dict[str, str]:
@@ -86,7 +95,7 @@ def describe_split(cfg: config_dict.ConfigDict, role: str, header: dict) -> str:
 
 def held_out(cfg: config_dict.ConfigDict) -> bool:
     """Whether the test split is text that training never reads (a task's examples have no held-out parts)."""
-    return labelled.has_own_splits(cfg.data.source) or (cfg.task.kind == "lm" and cfg.data.holdout_fraction > 0)
+    return labelled.has_own_splits(cfg.data.source) or (cfg.task.kind in ("lm", "reward") and cfg.data.holdout_fraction > 0)
 
 
 def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
@@ -108,7 +117,7 @@ def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[s
     n = model_lib.count_params(model_lib.param_shapes(mcfg))
     say(f"model: {mcfg.n_layer} layers x {mcfg.n_embd} wide x {mcfg.n_head} heads, {n:,} params, "
         f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
-    for role, split in comps.splits.items() if comps.task is None or comps.task.kind == "lm" else ():
+    for role, split in comps.splits.items() if comps.task is None or comps.task.kind in ("lm", "reward") else ():
         h = split.header
         say(f"data {role}: {cfg.data.source}@{h.get('split')}, {h['num_tokens']:,} tokens, {h['num_bytes']:,} "
             f"bytes, {h['num_documents']} documents; {describe_split(cfg, role, h)}", flush=True)

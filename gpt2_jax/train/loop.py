@@ -84,6 +84,8 @@ def train_batch(c: Components, step: int, rows: slice | None = None) -> np.ndarr
 def global_train_batch(c: Components, steps: step_lib.Steps, step: int) -> jax.Array:
     """The global (accum, B, T+1) batch of `step`, built from the rows this process holds."""
     d = c.cfg.data
+    if hasattr(c.task, "rollout"):  # the task's rollout places what it samples; its inputs stay on the host
+        return train_batch(c, step)
     if c.task is not None:
         return tasks.global_batch(steps.train_batch_sharding, d.batch_size, lambda rows: train_batch(c, step, rows),
                                   batch_dim=1)
@@ -152,6 +154,9 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     has_eval = "eval" in c.splits  # data.eval_split may be empty: no periodic eval, best step or early stop
     manager = ckpt.make_manager(run_dir, k.max_to_keep, k.keep_best if has_eval else 0, k.async_save)
     state = resume.restore_or_init(c, steps, manager, echo)
+    # A task's frozen inputs of every step (reward tuning: the reference params), and its rollout hook.
+    frozen = tuple(c.task.prepare(c, steps, echo)) if hasattr(c.task, "prepare") else ()
+    rollout = getattr(c.task, "rollout", None)
     writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard) if primary else None
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
     flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
@@ -194,7 +199,10 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     try:
         for step in range(start, end):
             profiler.before(step)
-            state, step_metrics = steps.train(state, batches.get(step))
+            batch = batches.get(step)
+            if rollout is not None:  # samples from the current params, seeded by (seed, step)
+                batch = rollout(steps, state, batch, step)
+            state, step_metrics = steps.train(state, batch, *frozen)
             profiler.after(step, step_metrics)
             log.push(step + 1, step_metrics)  # logs the previous step's metrics, one step late
             shown.update()

@@ -147,51 +147,67 @@ def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformati
     The accum micro-batches are scanned inside one step and their gradients averaged, so
     accum_steps x B rows give the same update as one batch of that many rows. `trainable` (a tree
     of bools like the params) differentiates only the True leaves; the others pass through
-    bitwise unchanged (the optimizer must give them no update: optim.groups).
+    bitwise unchanged (the optimizer must give them no update: optim.groups). A task with
+    `inner_epochs` > 1 takes that many updates on each batch; a task with `uses_reference` gets
+    the frozen reference params as a third argument, train_step(state, batch, reference), passed
+    on to its loss (never donated, never differentiated).
     """
     dropout = has_dropout(model.cfg)
+    epochs = getattr(task, "inner_epochs", 1)
 
-    def loss_of(params, micro_batch, rng):
+    def loss_of(params, micro_batch, rng, frozen):
         if task is None:
             return lm_loss(params, model, micro_batch, rng, label_smoothing, loss_chunk), {}
-        return task.loss(params, model, micro_batch, rng)
+        return task.loss(params, model, micro_batch, rng, *frozen)
 
-    def grad_of(params, micro_batch, rng):
+    def grad_of(params, micro_batch, rng, frozen):
         rng = rng if dropout else None
         if task is None and trainable is None:  # pre-training: the step as it always was
             loss, grads = jax.value_and_grad(lm_loss)(params, model, micro_batch, rng, label_smoothing, loss_chunk)
             return (loss, {}), grads
         if trainable is None:
-            return jax.value_and_grad(loss_of, has_aux=True)(params, micro_batch, rng)
-        trained, frozen = split_trainable(params, trainable)
-        out, grads = jax.value_and_grad(lambda t: loss_of(join_trainable(t, frozen), micro_batch, rng),
+            return jax.value_and_grad(loss_of, has_aux=True)(params, micro_batch, rng, frozen)
+        trained, frozen_leaves = split_trainable(params, trainable)
+        out, grads = jax.value_and_grad(lambda t: loss_of(join_trainable(t, frozen_leaves), micro_batch, rng, frozen),
                                         has_aux=True)(trained)
-        return out, join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))  # zeros: dropped by XLA
+        return out, join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen_leaves))  # zeros: dropped by XLA
 
-    def train_step(state: TrainState, batch):
-        rng, step_rng = jax.random.split(state.rng)
+    def update(params, opt_state, batch, step_rng, frozen):
         accum = jax.tree.leaves(batch)[0].shape[0]
         if accum == 1:
-            (loss, aux), grads = grad_of(state.params, jax.tree.map(lambda x: x[0], batch), step_rng)
+            (loss, aux), grads = grad_of(params, jax.tree.map(lambda x: x[0], batch), step_rng, frozen)
         else:
             def body(carry, xs):
                 micro_batch, micro_rng = xs
-                (loss, aux), grads = grad_of(state.params, micro_batch, micro_rng)
+                (loss, aux), grads = grad_of(params, micro_batch, micro_rng, frozen)
                 return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
-            aux_shape = jax.eval_shape(lambda: grad_of(state.params, jax.tree.map(lambda x: x[0], batch),
-                                                       step_rng)[0][1])
+            aux_shape = jax.eval_shape(lambda: grad_of(params, jax.tree.map(lambda x: x[0], batch),
+                                                       step_rng, frozen)[0][1])
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape),
-                     jax.tree.map(jnp.zeros_like, state.params))
+                     jax.tree.map(jnp.zeros_like, params))
             (loss, aux, grads), _ = jax.lax.scan(body, zeros, (batch, jax.random.split(step_rng, accum)))
             loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
         if trainable is None:
-            params = optax.apply_updates(state.params, updates)
+            params = optax.apply_updates(params, updates)
         else:
-            params = jax.tree.map(lambda t, p, u: optax.apply_updates(p, u) if t else p,
-                                  trainable, state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step), **aux}
+            params = jax.tree.map(lambda t, p, u: optax.apply_updates(p, u) if t else p, trainable, params, updates)
+        return params, opt_state, (loss, aux, optax.tree.norm(grads))
+
+    def train_step(state: TrainState, batch, *frozen):
+        rng, step_rng = jax.random.split(state.rng)
+        if epochs == 1:
+            params, opt_state, (loss, aux, grad_norm) = update(state.params, state.opt_state, batch, step_rng, frozen)
+        else:  # a task's inner epochs (PPO): several updates on one batch; the first one's metrics are logged
+            def epoch(carry, epoch_rng):
+                params, opt_state, out = update(*carry, batch, epoch_rng, frozen)
+                return (params, opt_state), out
+
+            (params, opt_state), outs = jax.lax.scan(epoch, (state.params, state.opt_state),
+                                                     jax.random.split(step_rng, epochs))
+            loss, aux, grad_norm = jax.tree.map(lambda x: x[0], outs)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), **aux}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
         return new_state, metrics
 
@@ -227,6 +243,7 @@ class Steps:
     state_sharding: Any
     train_batch_sharding: Any  # a NamedSharding, or a dict of them for a task's batch
     eval_batch_sharding: Any
+    reference_sharding: Any = None  # a task with uses_reference: the frozen GPT-2 params' shardings
 
 
 def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, schedule: Callable,
@@ -259,10 +276,14 @@ def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, s
     train_fn = make_train_step(model, optimizer, schedule, label_smoothing, loss_chunk, task, trainable)
     eval_fn = make_eval_step(model, loss_chunk, task)
     jit = lambda fn, **kw: sharding.with_mesh(jax.jit(fn, **kw), mesh, rules)
+    ref_sh = None
+    if getattr(task, "uses_reference", False):  # the frozen reference: laid out as the model's params
+        ref_sh = sharding.param_shardings(jax.eval_shape(lambda key: model_lib.init_params(model.cfg, key, 1), rng),
+                                          rules, mesh)
     return Steps(
         init=jit(init, out_shardings=state_sh),
-        train=jit(train_fn, in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
-                  donate_argnums=(0,)),
+        train=jit(train_fn, in_shardings=(state_sh, train_batch_sh) + ((ref_sh,) if ref_sh else ()),
+                  out_shardings=(state_sh, repl), donate_argnums=(0,)),
         eval=jit(eval_fn, in_shardings=eval_in, out_shardings=repl),
         mesh=mesh, rules=rules, abstract_state=abstract_state, state_sharding=state_sh,
-        train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh)
+        train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh, reference_sharding=ref_sh)

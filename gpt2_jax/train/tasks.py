@@ -21,6 +21,16 @@ is an object with these members:
 * `describe()`: JSON for checkpoint meta; `report(run_dir, results)`: files written after the
   final evaluation (a list of paths, maybe empty).
 
+Optional members (reward tuning, reward/task.py, has them; the other tasks do not):
+
+* `prepare(components, steps, echo)`: called once after the state is restored; returns the frozen
+  arrays every train step gets after the batch (with `uses_reference = True`: the reference params,
+  laid out by `steps.reference_sharding`, passed to `loss(params, model, batch, rng, reference)`).
+* `rollout(steps, state, batch, step)`: called before each update with the host batch that
+  `train_batch` built; returns the global batch dict the update reads, made with the current
+  params, its randomness a pure function of (seed, step) so resume is exact.
+* `inner_epochs`: updates taken on each batch (default 1).
+
 `LMTask` below is the language-model task in this form (used when LoRA adapts a language model).
 """
 
