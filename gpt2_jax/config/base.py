@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint", "task", "finetune")
-TASKS = ("lm", "classify", "sft")
+from gpt2_jax.config import distill
+
+SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint", "task", "finetune", "distill")
+TASKS = ("lm", "classify", "sft", "distill")
+TOKEN_TASKS = ("lm", "distill")  # tasks that train on token windows of a text source, as pre-training
 DTYPES = ("float32", "bfloat16", "float16")
 INT_LIMIT = 2 ** 31 - 1  # steps, sizes and seeds become int32 inside jitted code
 
@@ -69,7 +72,7 @@ def base_config() -> config_dict.ConfigDict:
                         init_from="")  # an export or run dir whose params start a new run (fine-tuning)
     c.task = dict(
         kind="lm",  # lm | classify (data.source: jsonl:GLOB:TEXT,LABEL, tfds:, shakespeare/genre) |
-                    # sft (data.source: jsonl:GLOB:PROMPT,COMPLETION)
+                    # sft (data.source: jsonl:GLOB:PROMPT,COMPLETION) | distill (any text source; distill section)
         label_field="label",  # classify, tfds: sources: the label feature
         labels="",  # classify: label names in id order, comma-separated ("" = sorted names found in train)
         aux_lm_weight=0.0,  # classify: weight of the auxiliary language-model loss (GPT-1's lambda)
@@ -79,6 +82,5 @@ def base_config() -> config_dict.ConfigDict:
         lr_multipliers="",  # PATTERN=FACTOR,...: e.g. score=10 trains a new head at 10x the body's lr
         lora=dict(rank=0, alpha=16.0, targets="qkv,attn_out,mlp"),  # rank 0: off; else base weights frozen
     )
+    c.distill = distill.defaults()  # task.kind = distill: teacher, alpha, temperature, ... (config/distill.py)
     return c
-
-

@@ -32,7 +32,7 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loo
     if mcfg.vocab_size < tokenizer.vocab_size:  # checked before any tokenizing
         raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
                                      f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
-    if cfg.task.kind != "lm":
+    if cfg.task.kind not in config_lib.TOKEN_TASKS:
         splits, id2label = task_build.task_splits(cfg, tokenizer, echo)
         return _components(cfg, tokenizer, mcfg, splits, id2label)
     splits = {}
@@ -49,7 +49,7 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loo
 
 
 def _components(cfg, tokenizer, mcfg, splits, id2label=None) -> loop.Components:
-    task = task_build.make_task(cfg, tokenizer.eos_id, id2label)
+    task = task_build.make_task(cfg, tokenizer.eos_id, id2label, mcfg, tokenizer)
     labels = task_build.param_labels(cfg, task_build.param_shapes(mcfg, task))
     schedule, optimizer = optimizers.optimizer_from_config(cfg, labels)
     return loop.Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits, task, labels)
@@ -86,7 +86,8 @@ def describe_split(cfg: config_dict.ConfigDict, role: str, header: dict) -> str:
 
 def held_out(cfg: config_dict.ConfigDict) -> bool:
     """Whether the test split is text that training never reads (a task's examples have no held-out parts)."""
-    return labelled.has_own_splits(cfg.data.source) or (cfg.task.kind == "lm" and cfg.data.holdout_fraction > 0)
+    return labelled.has_own_splits(cfg.data.source) or (cfg.task.kind in config_lib.TOKEN_TASKS
+                                                        and cfg.data.holdout_fraction > 0)
 
 
 def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
@@ -108,7 +109,8 @@ def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[s
     n = model_lib.count_params(model_lib.param_shapes(mcfg))
     say(f"model: {mcfg.n_layer} layers x {mcfg.n_embd} wide x {mcfg.n_head} heads, {n:,} params, "
         f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
-    for role, split in comps.splits.items() if comps.task is None or comps.task.kind == "lm" else ():
+    token_task = comps.task is None or comps.task.kind in config_lib.TOKEN_TASKS
+    for role, split in comps.splits.items() if token_task else ():
         h = split.header
         say(f"data {role}: {cfg.data.source}@{h.get('split')}, {h['num_tokens']:,} tokens, {h['num_bytes']:,} "
             f"bytes, {h['num_documents']} documents; {describe_split(cfg, role, h)}", flush=True)

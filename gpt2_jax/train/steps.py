@@ -119,10 +119,14 @@ def init_params(model: model_lib.GPT2, rng: jax.Array, seq_len: int | None = Non
 
 
 def init_state(model: model_lib.GPT2, optimizer: optax.GradientTransformation, rng: jax.Array,
-               seq_len: int, task=None) -> TrainState:
-    """A fresh TrainState: step 0, random params (unboxed), optimizer state, the data-free rng."""
+               seq_len: int, task=None, frozen=None) -> TrainState:
+    """A fresh TrainState: step 0, random params (unboxed), optimizer state, the data-free rng.
+
+    With frozen inputs (a teacher's params), a task's `start_params(params, frozen)` may seed them."""
     init_rng, state_rng = jax.random.split(rng)
     params = strip_boxes(init_params(model, init_rng, seq_len, task))
+    if frozen is not None and hasattr(task, "start_params"):
+        params = task.start_params(params, frozen)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       rng=state_rng)
 
@@ -147,40 +151,44 @@ def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformati
     The accum micro-batches are scanned inside one step and their gradients averaged, so
     accum_steps x B rows give the same update as one batch of that many rows. `trainable` (a tree
     of bools like the params) differentiates only the True leaves; the others pass through
-    bitwise unchanged (the optimizer must give them no update: optim.groups).
+    bitwise unchanged (the optimizer must give them no update: optim.groups). A task with frozen
+    inputs (`frozen_shapes`, e.g. a teacher) gets train_step(state, batch, inputs) and
+    loss(params, model, batch, rng, inputs).
     """
     dropout = has_dropout(model.cfg)
 
-    def loss_of(params, micro_batch, rng):
+    def loss_of(params, micro_batch, rng, inputs):
         if task is None:
             return lm_loss(params, model, micro_batch, rng, label_smoothing, loss_chunk), {}
+        if inputs is not None:  # a task's frozen inputs (a teacher's params): an argument, never differentiated
+            return task.loss(params, model, micro_batch, rng, inputs)
         return task.loss(params, model, micro_batch, rng)
 
-    def grad_of(params, micro_batch, rng):
+    def grad_of(params, micro_batch, rng, inputs=None):
         rng = rng if dropout else None
         if task is None and trainable is None:  # pre-training: the step as it always was
             loss, grads = jax.value_and_grad(lm_loss)(params, model, micro_batch, rng, label_smoothing, loss_chunk)
             return (loss, {}), grads
         if trainable is None:
-            return jax.value_and_grad(loss_of, has_aux=True)(params, micro_batch, rng)
+            return jax.value_and_grad(loss_of, has_aux=True)(params, micro_batch, rng, inputs)
         trained, frozen = split_trainable(params, trainable)
-        out, grads = jax.value_and_grad(lambda t: loss_of(join_trainable(t, frozen), micro_batch, rng),
+        out, grads = jax.value_and_grad(lambda t: loss_of(join_trainable(t, frozen), micro_batch, rng, inputs),
                                         has_aux=True)(trained)
         return out, join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))  # zeros: dropped by XLA
 
-    def train_step(state: TrainState, batch):
+    def train_step(state: TrainState, batch, inputs=None):
         rng, step_rng = jax.random.split(state.rng)
         accum = jax.tree.leaves(batch)[0].shape[0]
         if accum == 1:
-            (loss, aux), grads = grad_of(state.params, jax.tree.map(lambda x: x[0], batch), step_rng)
+            (loss, aux), grads = grad_of(state.params, jax.tree.map(lambda x: x[0], batch), step_rng, inputs)
         else:
             def body(carry, xs):
                 micro_batch, micro_rng = xs
-                (loss, aux), grads = grad_of(state.params, micro_batch, micro_rng)
+                (loss, aux), grads = grad_of(state.params, micro_batch, micro_rng, inputs)
                 return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
             aux_shape = jax.eval_shape(lambda: grad_of(state.params, jax.tree.map(lambda x: x[0], batch),
-                                                       step_rng)[0][1])
+                                                       step_rng, inputs)[0][1])
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape),
                      jax.tree.map(jnp.zeros_like, state.params))
             (loss, aux, grads), _ = jax.lax.scan(body, zeros, (batch, jax.random.split(step_rng, accum)))
@@ -227,6 +235,25 @@ class Steps:
     state_sharding: Any
     train_batch_sharding: Any  # a NamedSharding, or a dict of them for a task's batch
     eval_batch_sharding: Any
+    frozen: Any = None  # a task's frozen inputs (a teacher's params) on the mesh, bound into init and train
+    frozen_sharding: Any = None
+
+
+def _bind(fn: Callable, inputs) -> Callable:
+    """fn with a last argument `inputs` bound (keeps `.lower` for ahead-of-time compiles)."""
+    call = lambda *args: fn(*args, inputs)
+    call.lower = lambda *args: fn.lower(*args, inputs)
+    return call
+
+
+def frozen_inputs(task, mesh: jax.sharding.Mesh, rules) -> tuple[Any, Any]:
+    """(values, shardings) of a task's frozen inputs, read onto mesh by the logical rules of its
+    params; (None, None) for a task without any (`frozen_shapes` / `load_frozen`, train/tasks.py)."""
+    if task is None or not hasattr(task, "frozen_shapes"):
+        return None, None
+    boxed = task.frozen_shapes()
+    shardings = sharding.param_shardings(boxed, rules, mesh)
+    return task.load_frozen(sharding.abstract_on(nn.meta.unbox(boxed), shardings)), shardings
 
 
 def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, schedule: Callable,
@@ -236,11 +263,13 @@ def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, s
 
     The train state is donated, so params and optimizer state update in place. A task
     (train/tasks.py) brings its params, loss, eval outputs and batch dicts; `trainable` freezes
-    the False leaves (see make_train_step).
+    the False leaves (see make_train_step). A task's frozen inputs (a teacher) are read here, placed
+    by the same rules, and passed to every train step as an argument that is not donated.
     """
     rng = jax.random.key(seed)
+    frozen, frozen_sh = frozen_inputs(task, mesh, rules)
     init = functools.partial(init_state, model, optimizer, rng, seq_len, task)
-    abstract_state = jax.eval_shape(init)
+    abstract_state = jax.eval_shape(init) if frozen is None else jax.eval_shape(init, frozen)
     boxed = jax.eval_shape(lambda key: init_params(model, key, 1, task), rng)
     params_sh = sharding.param_shardings(boxed, rules, mesh)
     if trainable is None:
@@ -259,10 +288,17 @@ def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, s
     train_fn = make_train_step(model, optimizer, schedule, label_smoothing, loss_chunk, task, trainable)
     eval_fn = make_eval_step(model, loss_chunk, task)
     jit = lambda fn, **kw: sharding.with_mesh(jax.jit(fn, **kw), mesh, rules)
+    if frozen is None:
+        init_fn = jit(init, out_shardings=state_sh)
+        train = jit(train_fn, in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
+                    donate_argnums=(0,))
+    else:  # the frozen inputs are arguments, not constants: one compile, never copied into the program
+        init_fn = _bind(jit(init, in_shardings=(frozen_sh,), out_shardings=state_sh), frozen)
+        train = _bind(jit(train_fn, in_shardings=(state_sh, train_batch_sh, frozen_sh),
+                          out_shardings=(state_sh, repl), donate_argnums=(0,)), frozen)
     return Steps(
-        init=jit(init, out_shardings=state_sh),
-        train=jit(train_fn, in_shardings=(state_sh, train_batch_sh), out_shardings=(state_sh, repl),
-                  donate_argnums=(0,)),
+        init=init_fn, train=train,
         eval=jit(eval_fn, in_shardings=eval_in, out_shardings=repl),
         mesh=mesh, rules=rules, abstract_state=abstract_state, state_sharding=state_sh,
-        train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh)
+        train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh, frozen=frozen,
+        frozen_sharding=frozen_sh)
