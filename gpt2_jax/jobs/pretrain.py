@@ -35,6 +35,7 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loo
     if cfg.task.kind not in config_lib.TOKEN_TASKS:
         splits, id2label = task_build.task_splits(cfg, tokenizer, echo)
         return _components(cfg, tokenizer, mcfg, splits, id2label)
+    task = task_build.make_task(cfg, tokenizer.eos_id, None, mcfg, tokenizer)  # a teacher is checked before any data
     splits = {}
     roles = list(role_splits(cfg).items())
     if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
@@ -45,11 +46,12 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loo
     distributed.sync("data prepared")
     for role, name in roles:
         splits[role] = tokens_lib.load_split(tokens_lib.split_dir(d.source, name, tokenizer, data_dir), tokenizer)
-    return _components(cfg, tokenizer, mcfg, splits)
+    return _components(cfg, tokenizer, mcfg, splits, task=task)
 
 
-def _components(cfg, tokenizer, mcfg, splits, id2label=None) -> loop.Components:
-    task = task_build.make_task(cfg, tokenizer.eos_id, id2label, mcfg, tokenizer)
+def _components(cfg, tokenizer, mcfg, splits, id2label=None, task=False) -> loop.Components:
+    if task is False:  # None is a task too: the language-model path
+        task = task_build.make_task(cfg, tokenizer.eos_id, id2label, mcfg, tokenizer)
     labels = task_build.param_labels(cfg, task_build.param_shapes(mcfg, task))
     schedule, optimizer = optimizers.optimizer_from_config(cfg, labels)
     return loop.Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits, task, labels)
