@@ -225,3 +225,15 @@ def test_distill_section_defaults_and_layer_spread():
     d = config_lib.base_config().distill
     assert (d.teacher, d.alpha, d.temperature, d.hidden_weight, d.student_init) == ("", 0.5, 2.0, 0.0, "random")
     assert teacher_lib.spread_layers(3, 6) == (1, 3, 5) and teacher_lib.spread_layers(2, 2) == (0, 1)
+
+
+def test_plan_counts_the_teachers_bytes(tmp_path):
+    from gpt2_jax.jobs import plan
+
+    teacher_cfg = model_lib.config_from_preset("nano", vocab_size=257, n_positions=32, n_layer=4)
+    cfg = _cfg(_hf_teacher(tmp_path, teacher_cfg), "data.batch_size=2")
+    row = plan.plan_memory(cfg)
+    assert row["teacher_bytes"] == 4 * model_lib.count_params(model_lib.param_shapes(teacher_cfg))
+    assert row["total_bytes"] == 2 * row["param_bytes"] + row["optimizer_bytes"] + row["activation_bytes"] \
+        + row["teacher_bytes"]
+    assert "+ teacher 0.00 |" in plan.format_plan([row], 80)

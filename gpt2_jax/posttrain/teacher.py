@@ -10,7 +10,6 @@ import pathlib
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gpt2_jax.checkpoint import export as export_lib
@@ -138,7 +137,3 @@ def teacher_model(teacher: model_lib.GPT2Config, student: model_lib.GPT2Config) 
     return model_lib.GPT2(dataclasses.replace(teacher, dtype=student.dtype, attention=student.attention,
                                               remat="none", embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0))
 
-
-def param_bytes(cfg: model_lib.GPT2Config) -> int:
-    """Bytes of the teacher's params (gpt2-jax plan counts them)."""
-    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(model_lib.param_shapes(cfg)))
