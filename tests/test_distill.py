@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gpt2_jax import config as config_lib
+from gpt2_jax.checkpoint import export as export_lib
 from gpt2_jax.cli import app as cli
 from gpt2_jax.data import tokenizers
 from gpt2_jax.model import gpt2 as model_lib
@@ -237,3 +238,34 @@ def test_plan_counts_the_teachers_bytes(tmp_path):
     assert row["total_bytes"] == 2 * row["param_bytes"] + row["optimizer_bytes"] + row["activation_bytes"] \
         + row["teacher_bytes"]
     assert "+ teacher 0.00 |" in plan.format_plan([row], 80)
+
+
+@pytest.mark.slow  # three short CLI runs: ~1.5 min on the shared 2 cores
+def test_a_distill_run_resumes_exactly_and_logs_its_terms(tmp_path):
+    verse = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n"
+    for split, n in (("train", 60), ("validation", 4), ("test", 4)):
+        (tmp_path / "corpus" / split).mkdir(parents=True)
+        (tmp_path / "corpus" / split / "a.txt").write_text(verse * n)
+    teacher = _hf_teacher(tmp_path, model_lib.config_from_preset("nano", vocab_size=257, n_positions=32, n_layer=4))
+
+    def train(run, steps):
+        return cli.main(["train", "--config", str(ROOT / "experiments" / "distill_half.py"), "--quiet",
+                         f"--config.distill.teacher={teacher}",
+                         f"--config.data.source=text:{tmp_path}/corpus/{{split}}/*.txt",
+                         f"--config.data.data_dir={tmp_path}/data", f"--config.train.run_dir={tmp_path}/{run}",
+                         "--config.model.preset=nano", "--config.model.n_layer=2", "--config.model.n_positions=32",
+                         "--config.data.seq_len=16", "--config.data.batch_size=4", "--config.optim.warmup_steps=2",
+                         f"--config.train.steps={steps}", "--config.train.eval_every=4", "--config.checkpoint.every=4",
+                         "--config.train.log_every=2", "--config.train.sample_tokens=0",
+                         "--config.train.tensorboard=false",
+                         "--config.distill.student_init=layers:1,3", "--config.distill.hidden_weight=0.5"])
+
+    assert train("straight", 8) == 0
+    assert train("resumed", 4) == 0 and train("resumed", 8) == 0
+    a, b = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("straight", "resumed"))
+    assert a["test_loss"] == b["test_loss"] and a["step"] == b["step"] == 8
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    logged = next(r for r in rows if "kl" in r)
+    assert {"ce", "kl", "teacher_ce", "hidden", "loss"} <= set(logged)
+    task = export_lib.open_source(tmp_path / "straight").task
+    assert task["kind"] == "distill" and task["student_init"] == [1, 3] and task["teacher"]["kind"] == "hf"
