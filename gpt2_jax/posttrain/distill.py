@@ -120,12 +120,13 @@ class DistillTask(tasks.LMTask):
         teacher = teacher_lib.teacher_model(self.teacher_cfg, model.cfg)
         collect = {"mutable": [model_lib.INTERMEDIATES]} if self.hidden_weight > 0 else {}
         rngs = {"dropout": rng} if rng is not None else {}
-        s_out = model.apply({"params": self.model_params(params)}, inputs, deterministic=rng is None, rngs=rngs,
+        body = self.model_params(params)
+        s_out = model.apply({"params": body}, inputs, deterministic=rng is None, rngs=rngs,
                             method=model_lib.GPT2.hidden, **collect)
         t_out = teacher.apply({"params": jax.lax.stop_gradient(teacher_params)}, inputs,
                               method=model_lib.GPT2.hidden, **collect)
         hidden, t_hidden = (s_out[0], t_out[0]) if collect else (s_out, t_out)
-        sums = kd_sums(model, self.model_params(params), hidden, teacher, teacher_params, t_hidden, targets,
+        sums = kd_sums(model, body, hidden, teacher, teacher_params, t_hidden, targets,
                        temperature=self.temperature, chunk=self.loss_chunk, label_smoothing=self.label_smoothing)
         ce, kl, t_ce = (sums[k] / sums["count"] for k in ("ce", "kl", "teacher_ce"))
         loss = (1.0 - self.alpha) * ce + self.alpha * self.temperature ** 2 * kl
