@@ -32,7 +32,7 @@ from gpt2_jax.posttrain import classify as classify_lib
 from gpt2_jax.posttrain import predict
 from gpt2_jax.weights import huggingface, openai
 
-LM_KINDS = ("lm", "sft", "reward")  # tasks whose weights are a language model (the tied LM head is trained)
+LM_KINDS = ("lm", "sft", "reward", "distill")  # tasks whose weights are a language model (the tied LM head is trained)
 
 
 @dataclasses.dataclass(frozen=True)

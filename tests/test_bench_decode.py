@@ -51,3 +51,11 @@ def test_cli_bench_decode(tmp_path, capsys):
                      "--new-tokens", "4", "--rounds", "1", "--vocab-size", "257", "--json", str(out)]) == 0
     assert "gpt2_jax" in capsys.readouterr().out
     assert json.loads(out.read_text())["results"]["gpt2_jax"]["tokens_per_s"] > 0
+
+
+def test_n_layer_overrides_the_presets_depth():
+    full = bench.bench_decode("nano", batch_size=1, prompt_len=4, new_tokens=2, rounds=1, vocab_size=257, peer="none")
+    half = bench.bench_decode("nano", batch_size=1, prompt_len=4, new_tokens=2, rounds=1, vocab_size=257, peer="none",
+                              n_layer=1)
+    assert (full["n_layer"], half["n_layer"]) == (2, 1) and half["params"] < full["params"]
+    assert "(1 layers," in bench.format_decode_report(half)

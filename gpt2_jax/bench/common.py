@@ -11,8 +11,9 @@ import numpy as np
 from gpt2_jax.model import gpt2 as model_lib
 
 
-def hf_random_model(preset: str, vocab_size: int, init_std: float, seed: int):
-    """A random transformers GPT2LMHeadModel (eval, fp32, sdpa attention) of preset's shape, and its config.
+def hf_random_model(preset: str, vocab_size: int, init_std: float, seed: int, n_layer: int | None = None):
+    """A random transformers GPT2LMHeadModel (eval, fp32, sdpa attention) of preset's shape (n_layer
+    blocks when given), and its config.
 
     No BOS/EOS ids, so `generate` never stops early and no logits processor touches the scores.
     """
@@ -23,7 +24,7 @@ def hf_random_model(preset: str, vocab_size: int, init_std: float, seed: int):
     torch.manual_seed(seed)
     hf_cfg = transformers.GPT2Config(
         vocab_size=vocab_size, n_positions=shape.get("n_positions", 1024), n_embd=shape["n_embd"],
-        n_layer=shape["n_layer"], n_head=shape["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        n_layer=n_layer or shape["n_layer"], n_head=shape["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         initializer_range=init_std, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     hf_cfg._attn_implementation = "sdpa"
     return transformers.GPT2LMHeadModel(hf_cfg).eval(), hf_cfg

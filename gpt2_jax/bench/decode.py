@@ -77,7 +77,7 @@ def _leading_agreement(a: list[int], b: list[int]) -> int:
 
 def bench_decode(preset: str = "gpt2", batch_size: int = 1, prompt_len: int = 128, new_tokens: int = 256,
                  rounds: int = 2, dtype: str = "float32", peer: str = "hf-torch", seed: int = 0,
-                 vocab_size: int = 50257, init_std: float = 0.02) -> dict[str, Any]:
+                 vocab_size: int = 50257, init_std: float = 0.02, n_layer: int | None = None) -> dict[str, Any]:
     """Greedy decode throughput of generate.generate (KV cache, one jitted while_loop) beside
     transformers' `generate` (PyTorch, KV cache) on the same random weights and prompts.
 
@@ -91,6 +91,7 @@ def bench_decode(preset: str = "gpt2", batch_size: int = 1, prompt_len: int = 12
     smallest number of leading new tokens on which both sides agree, over rows: random weights give
     flat logits where last-bit differences may flip a later argmax, so only the first few are
     expected to match (raise init_std for peakier logits, as the tests do with tiny models).
+    n_layer: blocks instead of the preset's (e.g. a distilled student's depth at the teacher's width).
     """
     from gpt2_jax.weights import huggingface as convert
 
@@ -101,12 +102,13 @@ def bench_decode(preset: str = "gpt2", batch_size: int = 1, prompt_len: int = 12
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if peer == "hf-torch":
-        hf_model, hf_cfg = common.hf_random_model(preset, vocab_size, init_std, seed)
+        hf_model, hf_cfg = common.hf_random_model(preset, vocab_size, init_std, seed, n_layer)
         cfg = convert.config_from_hf(hf_cfg.to_dict(), dtype=dtype, param_dtype=dtype)
         params = convert.params_from_hf_state_dict(hf_model.state_dict(), cfg)
     else:  # no torch needed: the project's own initializer, same distribution
+        depth = {"n_layer": n_layer} if n_layer else {}
         cfg = model_lib.config_from_preset(preset, vocab_size=vocab_size, init_std=init_std, dtype=dtype,
-                                           param_dtype=dtype)
+                                           param_dtype=dtype, **depth)
         params = nn.meta.unbox(model_lib.init_params(cfg, jax.random.key(seed), seq_len=1))
     prompts = np.random.default_rng(seed).integers(0, vocab_size, (batch_size, prompt_len), dtype=np.int32)
     jax_run = _jax_decoder(cfg, params, prompts.tolist(), new_tokens)
@@ -135,7 +137,7 @@ def bench_decode(preset: str = "gpt2", batch_size: int = 1, prompt_len: int = 12
                       "ms_per_step_median": 1e3 * med / new_tokens, "times_s": ts}
     device = jax.devices()[0]
     report = {
-        "kind": "decode", "preset": preset, "params": model_lib.count_params(model_lib.param_shapes(cfg)),
+        "kind": "decode", "preset": preset, "n_layer": cfg.n_layer, "params": model_lib.count_params(model_lib.param_shapes(cfg)),
         "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
         "dtype": dtype, "peer_dtype": "float32", "vocab_size": vocab_size, "init_std": init_std, "seed": seed,
         "strategy": "greedy, KV cache, no EOS",
@@ -160,7 +162,7 @@ def bench_decode(preset: str = "gpt2", batch_size: int = 1, prompt_len: int = 12
 
 def format_decode_report(r: dict[str, Any]) -> str:
     """A bench_decode report as an aligned text table plus compile, agreement and ratio lines."""
-    lines = [f"greedy decode: preset {r['preset']} ({r['params']:,} params), batch {r['batch_size']}, "
+    lines = [f"greedy decode: preset {r['preset']} ({r.get('n_layer', '?')} layers, {r['params']:,} params), batch {r['batch_size']}, "
              f"prompt {r['prompt_len']} + {r['new_tokens']} new tokens, vocab {r['vocab_size']}, {r['dtype']} "
              f"(peer {r['peer_dtype']}), device {r['device']}, {r['rounds']} timed rounds",
              f"{'impl':<10} {'tokens/s':>10} {'s median':>9} {'s min':>8} {'ms/token step':>14}"]

@@ -60,7 +60,7 @@ def run(args, overrides: list[str], env) -> int:
 
         report = bench.bench_decode(args.preset, args.batch_size, args.prompt_len, args.new_tokens,
                                     rounds=args.rounds, dtype=args.dtype, peer=peers[0][0] if peers else "none",
-                                    vocab_size=args.vocab_size or 50257)
+                                    vocab_size=args.vocab_size or 50257, n_layer=args.n_layer)
         text = bench.format_decode_report(report)
     else:
         from gpt2_jax.bench import train as bench_train
@@ -104,6 +104,7 @@ def add_parser(sub) -> None:
     b.add_argument("--prompt-len", type=int, default=128, help="decode: prompt tokens per row")
     b.add_argument("--new-tokens", type=int, default=256, help="decode: tokens generated per row")
     b.add_argument("--vocab-size", type=int, help="default: 257 (train), 50257 (decode)")
+    b.add_argument("--n-layer", type=int, help="decode: blocks instead of the preset's (a distilled student's depth)")
     b.add_argument("--vocab-multiple", type=int, default=1, help="train: pad the vocab up to a multiple (128: 50304)")
     b.add_argument("--steps", type=int, default=10, help="train: timed steps; reward: steps of each")
     b.add_argument("--config", default="experiments/reward_comedy.py", help="reward: the experiment file")

@@ -15,11 +15,11 @@ from typing import Iterable
 
 from ml_collections import config_dict
 
-from gpt2_jax.config.base import DTYPES, INT_LIMIT, SECTIONS, TASKS, ConfigError, base_config
+from gpt2_jax.config.base import DTYPES, INT_LIMIT, SECTIONS, TASKS, TOKEN_TASKS, ConfigError, base_config
 from gpt2_jax.config.checks import model_config, validate
 from gpt2_jax.config.keys import load_experiment, apply_override, check_keys, flatten, to_json
 
-__all__ = ["DTYPES", "INT_LIMIT", "SECTIONS", "TASKS", "ConfigError", "apply_override", "base_config",
+__all__ = ["DTYPES", "INT_LIMIT", "SECTIONS", "TASKS", "TOKEN_TASKS", "ConfigError", "apply_override", "base_config",
            "check_keys", "flatten", "from_dict", "load_config", "model_config", "to_json", "validate"]
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
+from gpt2_jax.config import distill
 from gpt2_jax.config import reward as reward_section
 
-SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint", "task", "finetune", "reward")
-TASKS = ("lm", "classify", "sft", "reward")
+SECTIONS = ("model", "data", "optim", "train", "mesh", "eval", "checkpoint", "task", "finetune", "reward", "distill")
+TASKS = ("lm", "classify", "sft", "reward", "distill")
+TOKEN_TASKS = ("lm", "reward", "distill")  # tasks that read token windows of a text source, as pre-training
 DTYPES = ("float32", "bfloat16", "float16")
 INT_LIMIT = 2 ** 31 - 1  # steps, sizes and seeds become int32 inside jitted code
 
@@ -73,7 +75,8 @@ def base_config() -> config_dict.ConfigDict:
                         init_from="")  # an export or run dir whose params start a new run (fine-tuning)
     c.task = dict(
         kind="lm",  # lm | classify (data.source: jsonl:GLOB:TEXT,LABEL, tfds:, shakespeare/genre) |
-                    # sft (data.source: jsonl:GLOB:PROMPT,COMPLETION) | reward (the reward section)
+                    # sft (data.source: jsonl:GLOB:PROMPT,COMPLETION) | reward (the reward section) |
+                    # distill (any text source; the distill section)
         label_field="label",  # classify, tfds: sources: the label feature
         labels="",  # classify: label names in id order, comma-separated ("" = sorted names found in train)
         aux_lm_weight=0.0,  # classify: weight of the auxiliary language-model loss (GPT-1's lambda)
@@ -84,6 +87,5 @@ def base_config() -> config_dict.ConfigDict:
         lora=dict(rank=0, alpha=16.0, targets="qkv,attn_out,mlp"),  # rank 0: off; else base weights frozen
     )
     c.reward = reward_section.defaults()  # task.kind=reward (config/reward.py)
+    c.distill = distill.defaults()  # task.kind = distill: teacher, alpha, temperature, ... (config/distill.py)
     return c
-
-

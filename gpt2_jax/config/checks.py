@@ -8,8 +8,9 @@ from typing import Iterable
 
 from ml_collections import config_dict
 
-from gpt2_jax.config.base import DTYPES, TASKS, ConfigError
+from gpt2_jax.config import distill
 from gpt2_jax.config import reward as reward_section
+from gpt2_jax.config.base import DTYPES, TASKS, TOKEN_TASKS, ConfigError
 from gpt2_jax.config.keys import check_keys
 from gpt2_jax.data import labelled, sources, tokenizers
 from gpt2_jax.model import gpt2 as model_lib
@@ -89,7 +90,7 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _check(d.prefetch >= 1, "data.prefetch", f"must be >= 1, got {d.prefetch}")
     _check(0 <= d.holdout_fraction < 0.5, "data.holdout_fraction",
            f"must be in [0, 0.5) (0: no held-out parts), got {d.holdout_fraction}")
-    if cfg.task.kind in ("lm", "reward"):  # a task's sources are checked with the task keys
+    if cfg.task.kind in TOKEN_TASKS:  # a task's sources are checked with the task keys
         _check_source(d.source)
     o = cfg.optim
     _choice(cfg, "optim.name", optim.OPTIMIZERS)
@@ -148,6 +149,7 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _validate_posttrain(cfg)
     if cfg.task.kind == "reward":
         reward_section.check(cfg, mc.n_positions, lambda key, message: _check(False, key, message))
+    distill.validate(cfg, mc.n_layer)
 
 
 def _validate_posttrain(cfg: config_dict.ConfigDict) -> None:
@@ -159,8 +161,8 @@ def _validate_posttrain(cfg: config_dict.ConfigDict) -> None:
     _check(lora.alpha > 0, "finetune.lora.alpha", f"must be positive, got {lora.alpha}")
     for key, check in (("finetune.lora.targets", lambda: lora_lib.parse_targets(lora.targets)),
                        ("finetune.lr_multipliers", lambda: groups.parse_multipliers(cfg.finetune.lr_multipliers)),
-                       ("data.source", lambda: labelled.check_source(cfg.data.source, cfg.task.kind
-                                                                     if cfg.task.kind != "reward" else "lm"))):
+                       ("data.source", lambda: labelled.check_source(
+                           cfg.data.source, "lm" if cfg.task.kind in TOKEN_TASKS else cfg.task.kind))):
         try:
             check()
         except ValueError as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 from ml_collections import config_dict
 
@@ -22,6 +23,7 @@ from gpt2_jax.data import tokenizers
 from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.parallel import sharding
 from gpt2_jax.optim import optimizers
+from gpt2_jax.posttrain import teacher as teacher_lib
 from gpt2_jax.train import steps as train
 
 GIB = 1024**3
@@ -50,15 +52,25 @@ def plan_memory(cfg: config_dict.ConfigDict, devices=None) -> dict[str, Any]:
     args = int(stats.argument_size_in_bytes)
     rows_per_device = cfg.data.batch_size // sharding._axis_size(mesh.shape, dict(rules).get("batch"))
     closed_form = activation_bytes(model.cfg, rows_per_device, cfg.data.seq_len, mesh.shape["tensor"])
+    teacher = teacher_bytes(cfg, mesh, rules) if cfg.task.kind == "distill" else 0
     return {
         "preset": cfg.model.preset, "mesh": dict(mesh.shape), "rules": cfg.mesh.rules, "remat": cfg.model.remat,
         "dtype": cfg.model.dtype, "batch": cfg.data.batch_size, "seq_len": cfg.data.seq_len,
         "params": model_lib.count_params(steps.abstract_state.params),
         "param_bytes": params, "optimizer_bytes": opt, "argument_bytes": args, "xla_cpu_temp_bytes": temp,
-        "activation_bytes": closed_form,
-        # Arguments are donated (the step updates them in place), so peak = state + gradients + activations.
-        "total_bytes": 2 * params + opt + closed_form, "compile_s": compile_s,
+        "activation_bytes": closed_form, "teacher_bytes": teacher,
+        # Arguments are donated (the step updates them in place), so peak = state + gradients + activations
+        # (+ a distillation teacher's params, an argument that is not donated).
+        "total_bytes": 2 * params + opt + closed_form + teacher, "compile_s": compile_s,
     }
+
+
+def teacher_bytes(cfg: config_dict.ConfigDict, mesh, rules) -> int:
+    """Per-device bytes of a distill config's teacher params, placed by the same rules on the same mesh
+    (its forward keeps nothing for the backward pass: only the params stay resident)."""
+    teacher = teacher_lib.open_teacher(cfg.distill.teacher)
+    boxed = jax.eval_shape(lambda k: model_lib.init_params(teacher.cfg, k, 1), jax.random.key(0))
+    return sharding.per_device_bytes(nn.meta.unbox(boxed), sharding.param_shardings(boxed, rules, mesh))
 
 
 def activation_bytes(mcfg: model_lib.GPT2Config, rows: int, seq_len: int, tensor: int = 1) -> int:
@@ -99,7 +111,8 @@ def format_plan(rows: list[dict[str, Any]], device_gib: float) -> str:
     for r in rows:
         mesh = ", ".join(str(n) for n in r["mesh"].values())
         total = r["total_bytes"] / GIB
+        teacher = f" + teacher {r['teacher_bytes'] / GIB:.2f}" if r.get("teacher_bytes") else ""
         lines.append(f"| {r['preset']} | {r['params'] / 1e6:.0f}M | ({mesh}) | {r['remat']} | {r['batch']} x "
-                     f"{r['seq_len']} | {r['param_bytes'] / GIB:.2f} | {r['optimizer_bytes'] / GIB:.2f} | "
+                     f"{r['seq_len']} | {r['param_bytes'] / GIB:.2f}{teacher} | {r['optimizer_bytes'] / GIB:.2f} | "
                      f"{r['activation_bytes'] / GIB:.2f} | {r['xla_cpu_temp_bytes'] / GIB:.2f} | {total:.2f} | {'yes' if total <= device_gib else 'no'} |")
     return "\n".join(lines)

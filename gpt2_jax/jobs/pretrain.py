@@ -34,9 +34,11 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loo
     if mcfg.vocab_size < tokenizer.vocab_size:  # checked before any tokenizing
         raise config_lib.ConfigError(f"config key model.vocab_size: {mcfg.vocab_size} is smaller than the "
                                      f"{d.tokenizer} tokenizer's {tokenizer.vocab_size}; unset it or raise it")
-    if cfg.task.kind not in ("lm", "reward"):  # reward tuning reads a text source, as language modeling
+    if cfg.task.kind not in config_lib.TOKEN_TASKS:
         splits, id2label = task_build.task_splits(cfg, tokenizer, echo)
         return _components(cfg, tokenizer, mcfg, splits, id2label)
+    task = (False if cfg.task.kind == "reward"  # False: _components builds it (with its reward) below
+            else task_build.make_task(cfg, tokenizer.eos_id, None, mcfg, tokenizer))  # a teacher: checked before any data
     splits = {}
     roles = list(role_splits(cfg).items())
     if distributed.is_primary():  # one process tokenizes; the others then find the shards prepared
@@ -47,14 +49,14 @@ def build(cfg: config_dict.ConfigDict, echo: Callable[..., None] = print) -> loo
     distributed.sync("data prepared")
     for role, name in roles:
         splits[role] = tokens_lib.load_split(tokens_lib.split_dir(d.source, name, tokenizer, data_dir), tokenizer)
-    return _components(cfg, tokenizer, mcfg, splits)
+    return _components(cfg, tokenizer, mcfg, splits, task=task)
 
 
-def _components(cfg, tokenizer, mcfg, splits, id2label=None) -> loop.Components:
-    if cfg.task.kind == "reward":
+def _components(cfg, tokenizer, mcfg, splits, id2label=None, task=False) -> loop.Components:
+    if task is False and cfg.task.kind == "reward":
         task = reward_task.from_config(cfg, tokenizer, load_classifier=api.load)
-    else:
-        task = task_build.make_task(cfg, tokenizer.eos_id, id2label)
+    elif task is False:  # None is a task too: the language-model path
+        task = task_build.make_task(cfg, tokenizer.eos_id, id2label, mcfg, tokenizer)
     labels = task_build.param_labels(cfg, task_build.param_shapes(mcfg, task))
     schedule, optimizer = optimizers.optimizer_from_config(cfg, labels)
     return loop.Components(cfg, tokenizer, model_lib.GPT2(mcfg), schedule, optimizer, splits, task, labels)
@@ -95,7 +97,8 @@ def describe_split(cfg: config_dict.ConfigDict, role: str, header: dict) -> str:
 
 def held_out(cfg: config_dict.ConfigDict) -> bool:
     """Whether the test split is text that training never reads (a task's examples have no held-out parts)."""
-    return labelled.has_own_splits(cfg.data.source) or (cfg.task.kind in ("lm", "reward") and cfg.data.holdout_fraction > 0)
+    return labelled.has_own_splits(cfg.data.source) or (cfg.task.kind in config_lib.TOKEN_TASKS
+                                                        and cfg.data.holdout_fraction > 0)
 
 
 def sample_text(c: loop.Components, params, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
@@ -117,7 +120,8 @@ def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[s
     n = model_lib.count_params(model_lib.param_shapes(mcfg))
     say(f"model: {mcfg.n_layer} layers x {mcfg.n_embd} wide x {mcfg.n_head} heads, {n:,} params, "
         f"vocab {mcfg.vocab_size}, context {mcfg.n_positions}", flush=True)
-    for role, split in comps.splits.items() if comps.task is None or comps.task.kind in ("lm", "reward") else ():
+    token_task = comps.task is None or comps.task.kind in config_lib.TOKEN_TASKS
+    for role, split in comps.splits.items() if token_task else ():
         h = split.header
         say(f"data {role}: {cfg.data.source}@{h.get('split')}, {h['num_tokens']:,} tokens, {h['num_bytes']:,} "
             f"bytes, {h['num_documents']} documents; {describe_split(cfg, role, h)}", flush=True)

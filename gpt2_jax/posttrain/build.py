@@ -16,7 +16,10 @@ from gpt2_jax.model import gpt2 as model_lib
 from gpt2_jax.model import heads
 from gpt2_jax.model import lora as lora_lib
 from gpt2_jax.optim import groups
-from gpt2_jax.posttrain import classify, examples, sft
+from gpt2_jax import config as config_lib
+from gpt2_jax.config import distill as dist_config
+from gpt2_jax.posttrain import classify, distill, examples, sft
+from gpt2_jax.posttrain import teacher as teacher_lib
 from gpt2_jax.train import tasks
 
 # Names a freeze or lr-multiplier pattern may use for several parameter paths.
@@ -31,14 +34,42 @@ def lora_spec(cfg: config_dict.ConfigDict) -> lora_lib.LoraSpec | None:
     return lora_lib.LoraSpec(lo.rank, lo.alpha, lora_lib.parse_targets(lo.targets)) if lo.rank else None
 
 
-def make_task(cfg: config_dict.ConfigDict, pad_id: int, id2label: tuple[str, ...] | None = None):
-    """The task of cfg.task.kind (None: plain language modeling, the pre-training path)."""
+def make_task(cfg: config_dict.ConfigDict, pad_id: int, id2label: tuple[str, ...] | None = None,
+              mcfg: model_lib.GPT2Config | None = None, tokenizer=None):
+    """The task of cfg.task.kind (None: plain language modeling, the pre-training path); distill
+    needs the student's model config and tokenizer (the teacher is checked against them)."""
     kind, lora = cfg.task.kind, lora_spec(cfg)
+    if kind == "distill":
+        return distill_task(cfg, mcfg, tokenizer, lora)
     if kind == "classify":
         return classify.ClassifyTask(tuple(id2label), pad_id, cfg.task.aux_lm_weight, lora)
     if kind == "sft":
         return sft.SFTTask(lora)
     return tasks.LMTask(lora, cfg.optim.label_smoothing, cfg.train.loss_chunk) if lora else None
+
+
+def distill_task(cfg: config_dict.ConfigDict, mcfg: model_lib.GPT2Config, tokenizer,
+                 lora: lora_lib.LoraSpec | None = None) -> distill.DistillTask:
+    """The distill task of cfg.distill: the teacher opened and checked (one line each: missing path,
+    another tokenizer or context, an impossible layer map), its params not yet read."""
+    d = cfg.distill
+    teacher = teacher_lib.open_teacher(d.teacher)
+    teacher_lib.check_student(teacher, mcfg, tokenizer.spec(), cfg.data.tokenizer)
+    layers = dist_config.parse_layers(d.student_init)
+    if layers is not None:
+        teacher_lib.check_layers(layers, mcfg, teacher.cfg)
+    pairs = ()
+    if d.hidden_weight > 0:
+        mapped = layers or teacher_lib.spread_layers(mcfg.n_layer, teacher.cfg.n_layer)
+        if mcfg.n_embd != teacher.cfg.n_embd:
+            raise config_lib.ConfigError(f"config key distill.hidden_weight: the student is {mcfg.n_embd} wide, the "
+                                         f"teacher {teacher.cfg.n_embd}; a cosine of hidden states needs one width "
+                                         "(set distill.hidden_weight=0)")
+        pairs = tuple(enumerate(mapped))
+    return distill.DistillTask(lora, cfg.optim.label_smoothing, cfg.train.loss_chunk, teacher_cfg=teacher.cfg,
+                               read_teacher=teacher.read, alpha=d.alpha, temperature=d.temperature,
+                               hidden_weight=d.hidden_weight, layers=layers, hidden_pairs=pairs,
+                               teacher_meta=teacher.describe())
 
 
 def task_splits(cfg: config_dict.ConfigDict, tokenizer, say: Callable[..., None] = print):

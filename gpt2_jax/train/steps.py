@@ -119,10 +119,14 @@ def init_params(model: model_lib.GPT2, rng: jax.Array, seq_len: int | None = Non
 
 
 def init_state(model: model_lib.GPT2, optimizer: optax.GradientTransformation, rng: jax.Array,
-               seq_len: int, task=None) -> TrainState:
-    """A fresh TrainState: step 0, random params (unboxed), optimizer state, the data-free rng."""
+               seq_len: int, task=None, frozen=None) -> TrainState:
+    """A fresh TrainState: step 0, random params (unboxed), optimizer state, the data-free rng.
+
+    With frozen inputs (a teacher's params), a task's `start_params(params, frozen)` may seed them."""
     init_rng, state_rng = jax.random.split(rng)
     params = strip_boxes(init_params(model, init_rng, seq_len, task))
+    if frozen is not None and hasattr(task, "start_params"):
+        params = task.start_params(params, frozen)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       rng=state_rng)
 
@@ -150,7 +154,8 @@ def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformati
     bitwise unchanged (the optimizer must give them no update: optim.groups). A task with
     `inner_epochs` > 1 takes that many updates on each batch; a task with `uses_reference` gets
     the frozen reference params as a third argument, train_step(state, batch, reference), passed
-    on to its loss (never donated, never differentiated).
+    on to its loss (never donated, never differentiated); so does a task with frozen inputs
+    (`frozen_shapes`, e.g. a teacher): train_step(state, batch, inputs), loss(..., rng, inputs).
     """
     dropout = has_dropout(model.cfg)
     epochs = getattr(task, "inner_epochs", 1)
@@ -244,6 +249,25 @@ class Steps:
     train_batch_sharding: Any  # a NamedSharding, or a dict of them for a task's batch
     eval_batch_sharding: Any
     reference_sharding: Any = None  # a task with uses_reference: the frozen GPT-2 params' shardings
+    frozen: Any = None  # a task's frozen inputs (a teacher's params) on the mesh, bound into init and train
+    frozen_sharding: Any = None
+
+
+def _bind(fn: Callable, inputs) -> Callable:
+    """fn with a last argument `inputs` bound (keeps `.lower` for ahead-of-time compiles)."""
+    call = lambda *args: fn(*args, inputs)
+    call.lower = lambda *args: fn.lower(*args, inputs)
+    return call
+
+
+def frozen_inputs(task, mesh: jax.sharding.Mesh, rules) -> tuple[Any, Any]:
+    """(values, shardings) of a task's frozen inputs, read onto mesh by the logical rules of its
+    params; (None, None) for a task without any (`frozen_shapes` / `load_frozen`, train/tasks.py)."""
+    if task is None or not hasattr(task, "frozen_shapes"):
+        return None, None
+    boxed = task.frozen_shapes()
+    shardings = sharding.param_shardings(boxed, rules, mesh)
+    return task.load_frozen(sharding.abstract_on(nn.meta.unbox(boxed), shardings)), shardings
 
 
 def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, schedule: Callable,
@@ -253,11 +277,13 @@ def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, s
 
     The train state is donated, so params and optimizer state update in place. A task
     (train/tasks.py) brings its params, loss, eval outputs and batch dicts; `trainable` freezes
-    the False leaves (see make_train_step).
+    the False leaves (see make_train_step). A task's frozen inputs (a teacher) are read here, placed
+    by the same rules, and passed to every train step as an argument that is not donated.
     """
     rng = jax.random.key(seed)
+    frozen, frozen_sh = frozen_inputs(task, mesh, rules)
     init = functools.partial(init_state, model, optimizer, rng, seq_len, task)
-    abstract_state = jax.eval_shape(init)
+    abstract_state = jax.eval_shape(init) if frozen is None else jax.eval_shape(init, frozen)
     boxed = jax.eval_shape(lambda key: init_params(model, key, 1, task), rng)
     params_sh = sharding.param_shardings(boxed, rules, mesh)
     if trainable is None:
@@ -280,10 +306,17 @@ def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, s
     if getattr(task, "uses_reference", False):  # the frozen reference: laid out as the model's params
         ref_sh = sharding.param_shardings(jax.eval_shape(lambda key: model_lib.init_params(model.cfg, key, 1), rng),
                                           rules, mesh)
+    if frozen is None:
+        init_fn = jit(init, out_shardings=state_sh)
+        train = jit(train_fn, in_shardings=(state_sh, train_batch_sh) + ((ref_sh,) if ref_sh else ()),
+                    out_shardings=(state_sh, repl), donate_argnums=(0,))
+    else:  # the frozen inputs are arguments, not constants: one compile, never copied into the program
+        init_fn = _bind(jit(init, in_shardings=(frozen_sh,), out_shardings=state_sh), frozen)
+        train = _bind(jit(train_fn, in_shardings=(state_sh, train_batch_sh, frozen_sh),
+                          out_shardings=(state_sh, repl), donate_argnums=(0,)), frozen)
     return Steps(
-        init=jit(init, out_shardings=state_sh),
-        train=jit(train_fn, in_shardings=(state_sh, train_batch_sh) + ((ref_sh,) if ref_sh else ()),
-                  out_shardings=(state_sh, repl), donate_argnums=(0,)),
+        init=init_fn, train=train,
         eval=jit(eval_fn, in_shardings=eval_in, out_shardings=repl),
         mesh=mesh, rules=rules, abstract_state=abstract_state, state_sharding=state_sh,
-        train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh, reference_sharding=ref_sh)
+        train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh, reference_sharding=ref_sh,
+        frozen=frozen, frozen_sharding=frozen_sh)

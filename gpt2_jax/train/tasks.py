@@ -2,7 +2,7 @@
 (`steps.make_steps(..., task=)`) and the one loop (`loop.fit`, through `Components.task`).
 
 Pre-training needs no task object (task None is the language-model path, unchanged). Any other
-workflow (posttrain/: classification, prompt->completion; later distillation, reward tuning)
+workflow (posttrain/: classification, prompt->completion, distillation; later reward tuning)
 is an object with these members:
 
 * `kind`: a short name ('lm', 'classify', 'sft', ...), saved in checkpoint meta with `describe()`.
@@ -21,7 +21,7 @@ is an object with these members:
 * `describe()`: JSON for checkpoint meta; `report(run_dir, results)`: files written after the
   final evaluation (a list of paths, maybe empty).
 
-Optional members (reward tuning, reward/task.py, has them; the other tasks do not):
+Optional members for reward tuning (reward/task.py has them):
 
 * `prepare(components, steps, echo)`: called once after the state is restored; returns the frozen
   arrays every train step gets after the batch (with `uses_reference = True`: the reference params,
@@ -30,6 +30,13 @@ Optional members (reward tuning, reward/task.py, has them; the other tasks do no
   `train_batch` built; returns the global batch dict the update reads, made with the current
   params, its randomness a pure function of (seed, step) so resume is exact.
 * `inner_epochs`: updates taken on each batch (default 1).
+
+Optional, for a task that needs frozen inputs in its step (distillation's teacher):
+* `frozen_shapes()`: their boxed (logically partitioned) abstract tree; `steps.make_steps` places
+  them on the mesh by the same rules as the params and calls `load_frozen(target)` (the tree of
+  ShapeDtypeStructs with shardings) for the values. They are a third, non-donated argument of the
+  jitted train step (never in the optimizer), and `loss(params, model, batch, rng, frozen)` gets them.
+* `start_params(params, frozen)`: the fresh params seeded from them (e.g. copied teacher blocks).
 
 `LMTask` below is the language-model task in this form (used when LoRA adapts a language model).
 """
