@@ -189,7 +189,7 @@ def test_a_pytorch_bin_that_is_not_plain_tensors_is_one_line_and_never_runs(tmp_
     assert cli.main(["eval", "--run", str(hf), "--data", f"text:{hf / 'config.json'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"gpt2-jax: error: {hf / 'pytorch_model.bin'} is not plain tensors (it holds a pickled "
-                   "io.open), so it was not loaded and none of it ran; convert it to model.safetensors "
+                   f"{open.__module__}.open), so it was not loaded and none of it ran; convert it to model.safetensors "
                    "where it was made, or use a model.safetensors copy")
     assert not marker.exists()
     (hf / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")
