@@ -114,15 +114,22 @@ PLANS: dict[str, Callable[[str | None], list[dict[str, Any]]]] = {
     "gpu": _gpu_plan, "cpu-switches": _cpu_switches_plan, "smoke": _smoke_plan}
 
 
+def plan_rows(plan: str, nanogpt: str | None = None) -> list[dict[str, Any]]:
+    """The rows of `plan`, each with its kind (default train) and budget (default 1200 s)."""
+    if plan not in PLANS:
+        raise ValueError(f"--plan {plan!r} is not one of {', '.join(PLANS)}")
+    return [{"kind": "train", "budget_s": 1200, **row} for row in PLANS[plan](nanogpt)]
+
+
 def _run_row(row: dict[str, Any], out: pathlib.Path, base_env: dict[str, str], index: int) -> dict[str, Any]:
     report_path = out / f"row{index:02d}.json"
-    cmd = [sys.executable, "-m", "gpt2_jax.cli", "bench", row.get("kind", "train"), *row["args"], "--json",
+    cmd = [sys.executable, "-m", "gpt2_jax.cli", "bench", row["kind"], *row["args"], "--json",
            str(report_path)]
     env = {**base_env, **row.get("env", {})}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=row.get("budget_s", 1200))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=row["budget_s"])
     except subprocess.TimeoutExpired:
-        return {**row, "status": "failed", "error": f"over its budget of {row.get('budget_s', 1200)} s"}
+        return {**row, "status": "failed", "error": f"over its budget of {row['budget_s']} s"}
     (out / f"row{index:02d}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
@@ -133,14 +140,12 @@ def _run_row(row: dict[str, Any], out: pathlib.Path, base_env: dict[str, str], i
 
 def plan_lines(plan: str, nanogpt: str | None = None, budget_s: float | None = None) -> list[str]:
     """The dry run: each row in order with its command, its budget and the running total."""
-    if plan not in PLANS:
-        raise ValueError(f"--plan {plan!r} is not one of {', '.join(PLANS)}")
     lines, total = [], 0.0
-    for i, row in enumerate(PLANS[plan](nanogpt)):
-        total += row.get("budget_s", 1200)
+    for i, row in enumerate(plan_rows(plan, nanogpt)):
+        total += row["budget_s"]
         over = " (after --budget: next call)" if budget_s is not None and total > budget_s else ""
-        lines.append(f"[{i + 1:2d}] {row.get('budget_s', 1200):4.0f} s  total {total / 60:5.1f} min{over}  "
-                     f"{row['name']}: gpt2-jax bench {row.get('kind', 'train')} {' '.join(row['args'])}")
+        lines.append(f"[{i + 1:2d}] {row['budget_s']:4.0f} s  total {total / 60:5.1f} min{over}  "
+                     f"{row['name']}: gpt2-jax bench {row['kind']} {' '.join(row['args'])}")
     return lines
 
 
@@ -149,23 +154,22 @@ def run_sweep(plan: str, out_dir: str, nanogpt: str | None = None, base_env: dic
               clock: Callable[[], float] = time.monotonic) -> list[dict[str, Any]]:
     """Run plan's rows not yet in <out_dir>/sweep.json, in order, while their budgets fit in
     budget_s seconds (None: all); returns every row (kept, new, and 'waiting' for a later call)."""
-    if plan not in PLANS:
-        raise ValueError(f"--plan {plan!r} is not one of {', '.join(PLANS)}")
+    plan_of_rows = plan_rows(plan, nanogpt)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "sweep.json"
     done = ({r["name"]: r for r in json.loads(saved.read_text()) if r["status"] != "waiting"}
             if saved.is_file() else {})
     rows, stopped, start = [], set(), clock()
-    for i, row in enumerate(PLANS[plan](nanogpt)):
+    for i, row in enumerate(plan_of_rows):
         if row["name"] in done:
             result = done[row["name"]]
         elif row.get("stop_group") in stopped:
             result = {**row, "status": "skipped", "error": "a smaller batch already failed"}
-        elif budget_s is not None and clock() - start + row.get("budget_s", 1200) > budget_s:
+        elif budget_s is not None and clock() - start + row["budget_s"] > budget_s:
             result = {**row, "status": "waiting", "error": "outside this call's --budget; run again to resume"}
         else:
-            echo(f"[{i + 1}] {row['name']}: gpt2-jax bench {row.get('kind', 'train')} {' '.join(row['args'])}")
+            echo(f"[{i + 1}] {row['name']}: gpt2-jax bench {row['kind']} {' '.join(row['args'])}")
             result = _run_row(row, out, dict(base_env or {}), i)
             echo(f"    {result['status']}" + (f": {result['error']}" if result["status"] != "ok" else ""))
             if result["status"] == "ok":
