@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import types
 
 import jax
@@ -194,3 +195,21 @@ def test_every_row_of_the_gpu_plan_is_a_valid_bench_command(tmp_path):
     gpt2 = [cli_bench.train_bench_spec(parse(["bench", "train", *r["args"]])) for r in train[:7]]
     assert all((s.preset, s.seq_len, s.vocab_size) == ("gpt2", 1024, 50257) for s in gpt2)
     assert sum(r["budget_s"] for r in rows[:5]) <= 660  # the headline rows fit one ration with start-up
+
+
+def test_bench_reward_report_shows_the_reward_curve_by_quarters_the_ratio_and_a_plot(tmp_path, capsys):
+    from gpt2_jax.bench import reward as bench_reward
+    rows = [bench_reward._summary(name, rewards, [0.1] * 8, [9.0] + [s] * 7, 32)
+            for name, rewards, s in (("ours", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], 0.5),
+                                     ("peer", [0.0] * 4 + [1.0] * 4, 1.0))]
+    assert rows[0]["completions_per_s"] == pytest.approx(64.0)  # the first (compiling) step is left out
+    report = {"config": "x.py", "steps": 8, "completions_per_step": 32, "completion_tokens": 48, "rows": rows}
+    text = bench_reward.format_report(report)
+    assert "| mean training reward, steps | 1-2 | 3-4 | 5-6 | 7-8 |" in text
+    assert "| ours | 0.050 | 0.250 | 0.450 | 0.650 |" in text and "| peer | 0.000 | 0.000 | 1.000 | 1.000 |" in text
+    assert text.endswith("ours / peer: 2.00x completions per second")
+    assert bench_reward.curve_windows(10, 4) == [(0, 2), (2, 5), (5, 8), (8, 10)]
+    png = bench_reward.plot_curves(report, str(tmp_path / "curves.png"))
+    assert pathlib.Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["bench", "train", "--preset", "nano", "--config.train.seed=1"]) == 2  # overrides: reward only
+    assert "bench train takes no --config overrides" in capsys.readouterr().err

@@ -45,7 +45,7 @@ EXCLUDED = {  # command prefix -> why it does not run here
     "ssh-add": "needs an SSH agent and a Google Cloud key",
     "gpt2-jax prepare --source tfds:lm1b": "a TFDS catalog dataset, prepared only on a machine with internet",
     "gpt2-jax bench reward": "TRL's GRPOTrainer (trl, accelerate, datasets) is installed apart, not a project "
-        "dependency; 10 TRL steps take ~15 min on 2 cores (BENCHMARKS.md)",
+        "dependency (BENCHMARKS.md has its measured run)",
     "gpt2-jax train --config experiments/distill_half.py --config.distill.student_init=layers": "TINY's one-block "
         "student cannot take three teacher blocks; tests/test_distill.py runs layer init (and a distill run end to end)",
 }

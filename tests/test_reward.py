@@ -245,3 +245,29 @@ def test_jsonl_prompts_are_left_padded_with_eos_and_bad_files_are_one_line(tmp_p
         read_jsonl(str(path), "prompt", TOK.encode, 6, TOK.eos_id)
     with pytest.raises(ValueError, match="no such file"):
         read_jsonl(str(tmp_path / "none.jsonl"), "prompt", TOK.encode, 6, TOK.eos_id)
+
+
+def test_completion_logits_run_each_prompt_once_and_equal_the_full_forward_and_its_gradient():
+    from gpt2_jax.reward.logits import completion_logits
+    model = model_lib.GPT2(CFG)
+    params = step_lib.strip_boxes(model_lib.init_params(CFG, jax.random.key(5), 32))
+    rng = np.random.default_rng(0)
+    prompts = jnp.asarray(rng.integers(0, 256, (2, 5)), jnp.int32)
+    out = jnp.asarray(rng.integers(0, 256, (6, 4)), jnp.int32)  # G = 3 completions of 4 tokens a prompt
+    weights = jnp.asarray(rng.normal(size=(6, 4, CFG.padded_vocab_size)), jnp.float32)
+
+    def full(p):
+        tokens = jnp.concatenate([jnp.repeat(prompts, 3, axis=0), out], axis=1)
+        return model.apply({"params": p}, tokens[:, :-1])[:, 4:]
+
+    full = jax.jit(full)
+    grouped = jax.jit(lambda p: completion_logits(model, p, prompts, out))
+    assert grouped(params).shape == (6, 4, CFG.padded_vocab_size)
+    real = slice(0, CFG.vocab_size)  # padded ids hold the dtype's minimum in both
+    np.testing.assert_allclose(grouped(params)[..., real], full(params)[..., real], atol=2e-5, rtol=1e-5)
+    score = lambda f: lambda p: jnp.sum(jax.nn.log_softmax(f(p)[..., real]) * weights[..., real])
+    g_full, g_grouped = jax.jit(jax.grad(score(full)))(params), jax.jit(jax.grad(score(grouped)))(params)
+    for a, b in zip(jax.tree.leaves(g_grouped), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+    one = completion_logits(model, params, prompts, out[:, :1])  # one-token completions: the prompts alone
+    np.testing.assert_allclose(one[..., real], full(params)[:, :1, real], atol=2e-5, rtol=1e-5)

@@ -117,12 +117,14 @@ def bench_trl(cfg, c, prompts: list[str], steps: int, reward_fn: Callable) -> di
         args = GRPOConfig(
             output_dir=f"{tmp}/out", max_steps=steps, per_device_train_batch_size=cfg.data.batch_size * r.group_size,
             num_generations=r.group_size, steps_per_generation=1, max_completion_length=r.completion_tokens,
-            temperature=r.temperature, top_p=r.top_p, top_k=r.top_k or None, beta=r.kl_weight,
+            temperature=r.temperature, top_p=r.top_p, beta=r.kl_weight,
+            top_k=r.top_k,  # 0 = off, as ours; None would let transformers apply its default top-k 50
             epsilon=r.clip or 0.2, num_iterations=r.inner_epochs, loss_type="dr_grpo", scale_rewards="group",
             learning_rate=cfg.optim.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.optim.warmup_steps,
             adam_beta1=cfg.optim.b1, adam_beta2=cfg.optim.b2, weight_decay=cfg.optim.weight_decay,
             max_grad_norm=cfg.optim.grad_clip, shuffle_dataset=False, logging_steps=1, report_to="none",
             save_strategy="no", use_cpu=True, seed=cfg.train.seed, disable_dropout=True,
+            bf16=False,  # TRL's default (bf16 unless fp16) is emulated on CPUs without bf16 units: ~20x slower
             gradient_checkpointing=False)  # TRL defaults it on, which decodes without a KV cache; ours keeps none
 
         def reward(prompts, completions, **kw):
@@ -138,12 +140,12 @@ def bench_trl(cfg, c, prompts: list[str], steps: int, reward_fn: Callable) -> di
                     cfg.data.batch_size * r.group_size)
 
 
-def bench_reward(config: str, steps: int, build: Callable, peer: str = "none") -> dict:
-    """Both implementations on the experiment file `config` (its reward, prompts and settings);
-    build(cfg, echo) -> train.loop.Components (jobs.pretrain.build)."""
+def bench_reward(config: str, steps: int, build: Callable, peer: str = "none", overrides: list[str] = ()) -> dict:
+    """Both implementations on the experiment file `config` with `--config.*` overrides (its reward,
+    prompts, seed and settings); build(cfg, echo) -> train.loop.Components (jobs.pretrain.build)."""
     if steps < 2:
         raise ValueError(f"bench reward --steps {steps}: need >= 2 (the first step compiles and is not timed)")
-    cfg = config_lib.load_config(config, [f"train.run_dir={tempfile.mkdtemp()}"])
+    cfg = config_lib.load_config(config, [*overrides, f"train.run_dir={tempfile.mkdtemp()}"])
     if not cfg.checkpoint.init_from:
         raise ValueError(f"{config} has no checkpoint.init_from: the peer needs the same starting weights")
     ours, c, prompts = bench_ours(cfg, steps, build)
@@ -152,12 +154,19 @@ def bench_reward(config: str, steps: int, build: Callable, peer: str = "none") -
         rows.append(bench_trl(cfg, c, prompts, steps, c.task.reward_fn))
     elif peer != "none":
         raise ValueError(f"bench reward --peer {peer}: the peer is trl (or none)")
-    return {"config": config, "steps": steps, "completions_per_step": cfg.data.batch_size * cfg.reward.group_size,
+    return {"config": " ".join([config, *overrides]), "steps": steps, "completions_per_step": cfg.data.batch_size * cfg.reward.group_size,
             "completion_tokens": cfg.reward.completion_tokens, "rows": rows}
 
 
+def curve_windows(steps: int, parts: int = 4) -> list[tuple[int, int]]:
+    """The reward curve's windows: `parts` consecutive (start, end) step ranges covering 0..steps."""
+    edges = [round(i * steps / parts) for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
 def format_report(report: dict) -> str:
-    """A markdown table, and ours over the peer's completions per second."""
+    """Two markdown tables (speed; the reward curve as means over quarters of the run), and ours over
+    the peer's completions per second."""
     lines = [f"{report['config']}: {report['steps']} steps of {report['completions_per_step']} completions x "
              f"{report['completion_tokens']} tokens (the first step, compiling, untimed)", "",
              "| implementation | completions/s | step (median) | reward, steps 1-5 | reward, last 5 | KL, last 5 |",
@@ -165,7 +174,35 @@ def format_report(report: dict) -> str:
     for r in report["rows"]:
         lines.append(f"| {r['implementation']} | {r['completions_per_s']:.1f} | {r['step_ms']:.0f} ms | "
                      f"{r['reward_first5']:.3f} | {r['reward_last5']:.3f} | {r['kl_last5']:.3f} |")
+    windows = curve_windows(report["steps"])
+    lines += ["", "| mean training reward, steps | " + " | ".join(f"{a + 1}-{b}" for a, b in windows) + " |",
+              "|---|" + "---:|" * len(windows)]
+    for r in report["rows"]:
+        lines.append(f"| {r['implementation']} | " + " | ".join(
+            f"{np.mean(r['rewards'][a:b]):.3f}" for a, b in windows) + " |")
     if len(report["rows"]) > 1:
         a, b = report["rows"][0], report["rows"][1]
         lines.append(f"\nours / peer: {a['completions_per_s'] / b['completions_per_s']:.2f}x completions per second")
     return "\n".join(lines)
+
+
+def plot_curves(report: dict, path: str) -> str:
+    """Each implementation's training reward per step (and its 5-step running mean) as a PNG at path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in report["rows"]:
+        x = np.arange(1, len(r["rewards"]) + 1)
+        line, = ax.plot(x, r["rewards"], alpha=0.3)
+        k = min(5, len(x))
+        ax.plot(x[k - 1:], np.convolve(r["rewards"], np.ones(k) / k, "valid"), color=line.get_color(),
+                label=f"{r['implementation']} ({r['completions_per_s']:.1f} completions/s)")
+    ax.set(xlabel="step", ylabel="mean reward of the step's completions", title=report["config"])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from gpt2_jax.cli import common
 
 
 def run(args, overrides: list[str], env) -> int:
     """`gpt2-jax bench KIND`: runs the benchmark, prints its report (and writes --json)."""
-    common.no_overrides("bench", overrides)
+    if args.kind != "reward":  # the one kind that reads an experiment file
+        common.no_overrides(f"bench {args.kind}", overrides)
     peers = args.peer or []
     if args.kind == "sweep":
         from gpt2_jax.bench import sweep as bench_sweep
@@ -53,8 +55,11 @@ def run(args, overrides: list[str], env) -> int:
         from gpt2_jax.bench import reward as bench_reward
         from gpt2_jax.jobs import pretrain
 
-        report = bench_reward.bench_reward(args.config, args.steps, pretrain.build, peer=peers[0][0] if peers else "none")
+        report = bench_reward.bench_reward(args.config, args.steps, pretrain.build, peer=peers[0][0] if peers else "none",
+                                           overrides=overrides)
         text = bench_reward.format_report(report)
+        if args.json:  # the reward curves beside the report
+            text += f"\nreward curves: {bench_reward.plot_curves(report, str(Path(args.json).with_suffix('.png')))}"
     elif args.kind == "decode":
         from gpt2_jax.bench import decode as bench
 

@@ -97,12 +97,17 @@ def _choose(model, logits, seen, settings, key, greedy: bool):
     return (jnp.argmax(scores, -1) if greedy else jax.random.categorical(key, scores, -1)).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "out_len", "greedy", "return_logprobs"))
+@functools.partial(jax.jit, static_argnames=("model", "out_len", "greedy", "return_logprobs", "repeats"))
 def _sample_loop(model, params, tokens, pad, num_new, rng, settings, stop_ids, done, *, out_len: int, greedy: bool,
-                 return_logprobs: bool):
+                 return_logprobs: bool, repeats: int = 1):
+    """Prefill tokens (B, P), then decode B x repeats rows (prompt-major; done has that many)."""
     b, p = tokens.shape
     logits, cache, key_valid = _prefill(model, params, tokens, pad, out_len)
     seen = _seen(tokens, key_valid[:, :p], logits.shape[-1])
+    if repeats > 1:  # each prompt is prefilled once and its cache copied to its samples
+        logits, cache, key_valid, seen, pad = jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=0),
+                                                           (logits, cache, key_valid, seen, pad))
+        b *= repeats
     carry = dict(t=jnp.int32(0), cache=cache, logits=logits, out=jnp.zeros((b, out_len), jnp.int32),
                  logprobs=jnp.zeros((b, out_len), jnp.float32), done=done, seen=seen, rng=rng)
 
@@ -358,12 +363,11 @@ def sample_arrays(model: model_lib.GPT2, params, tokens: jax.Array, rng: jax.Arr
     settings is `processors.Settings(...).arrays()`; every row decodes with the KV cache for exactly
     out_len steps unless all rows stopped, as `generate` would decode it alone.
     """
-    rows = jnp.repeat(tokens, num_samples, axis=0)
-    pad = jnp.zeros((rows.shape[0],), jnp.int32)
+    pad = jnp.zeros((tokens.shape[0],), jnp.int32)
     stops = jnp.asarray([-1 if eos_id is None else eos_id], jnp.int32)
-    out, _, _, _, _ = _sample_loop(model, params, rows, pad, jnp.int32(out_len), rng, settings, stops,
-                                   jnp.zeros((rows.shape[0],), bool), out_len=out_len, greedy=False,
-                                   return_logprobs=False)
+    out, _, _, _, _ = _sample_loop(model, params, tokens, pad, jnp.int32(out_len), rng, settings, stops,
+                                   jnp.zeros((tokens.shape[0] * num_samples,), bool), out_len=out_len, greedy=False,
+                                   return_logprobs=False, repeats=num_samples)
     stopped = jnp.cumsum(out == stops[0], axis=1)  # 1 from the first EOS on; the tokens after it are filler
     mask = (stopped - (out == stops[0]) == 0).astype(jnp.float32)
     return out, mask

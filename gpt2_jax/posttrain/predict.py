@@ -41,11 +41,14 @@ def make_probabilities(model: model_lib.GPT2, task: classify.ClassifyTask) -> Ca
 
 def classify_texts(probabilities: Callable, params, task: classify.ClassifyTask, encode: Callable[[str], list[int]],
                    texts: Sequence[str], seq_len: int, batch_size: int = 32) -> list[Classification]:
-    """Classification of every text, batch_size at a time (the last batch padded: one compiled shape)."""
+    """Classification of every text, batch_size at a time (the last batch padded: one compiled shape).
+    The width is the longest text rounded up to a power of two (at most seq_len): the head reads each
+    text's last real token, which never attends to the padding after it, so short texts cost less."""
     tokens, lengths = encode_texts(encode, texts, seq_len, task.pad_id)
+    tokens = tokens[:, :min(seq_len, max(16, 1 << (int(lengths.max()) - 1).bit_length()))]
     n = len(texts)
     pad = -n % batch_size
-    tokens = np.concatenate([tokens, np.full((pad, seq_len), task.pad_id, np.int32)])
+    tokens = np.concatenate([tokens, np.full((pad, tokens.shape[1]), task.pad_id, np.int32)])
     lengths = np.concatenate([lengths, np.ones(pad, np.int32)])
     probs = np.concatenate([np.asarray(probabilities(params, tokens[i:i + batch_size], lengths[i:i + batch_size]))
                             for i in range(0, len(tokens), batch_size)])[:n]

@@ -27,6 +27,7 @@ from gpt2_jax.generate import processors
 from gpt2_jax.model import lora as lora_lib
 from gpt2_jax.parallel import distributed, sharding
 from gpt2_jax.reward import objective, report, rewards
+from gpt2_jax.reward.logits import completion_logits
 from gpt2_jax.reward.prompts import EVAL_SEED, Prompts, read_jsonl
 from gpt2_jax.train import resume, tasks
 from gpt2_jax.train import steps as step_lib
@@ -82,22 +83,20 @@ class RewardTask:
         """Adapters merged."""
         return tasks.body_params(params, self.lora)
 
-    def _completion_logits(self, model, body, tokens):
-        """Logits (N, C, V) predicting the completion tokens of tokens (N, P + C)."""
-        logits = model.apply({"params": body}, tokens[:, :-1])
-        return logits[:, self.s.prompt_tokens - 1:]
 
     def loss(self, params, model, batch, rng, reference):
         """The clipped policy-gradient loss + kl_weight x KL to the reference, and the rollout's metrics."""
         s = self.s
-        b, g, t = batch["tokens"].shape
-        tokens = batch["tokens"].reshape(b * g, t)
-        mask, logp_old = (batch[k].reshape(b * g, -1) for k in ("mask", "logp_old"))
-        targets = tokens[:, s.prompt_tokens:]
-        logp, logp_all = objective.token_logprobs(self._completion_logits(model, self.model_params(params), tokens),
-                                                  targets, s.temperature)
-        ref_logits = self._completion_logits(model, jax.lax.stop_gradient(reference), tokens)
+        b, g, _ = batch["tokens"].shape
+        prompts, targets = batch["tokens"][:, 0, :s.prompt_tokens], batch["tokens"][:, :, s.prompt_tokens:]
+        targets, mask = targets.reshape(b * g, -1), batch["mask"].reshape(b * g, -1)
+        logits = completion_logits(model, self.model_params(params), prompts, targets)
+        logp, logp_all = objective.token_logprobs(logits, targets, s.temperature)
+        ref_logits = completion_logits(model, jax.lax.stop_gradient(reference), prompts, targets)
         ref_logp, ref_all = objective.token_logprobs(ref_logits, targets, s.temperature)
+        # One update per rollout: the sampling policy is these params, so ratio = 1 with no second forward.
+        logp_old = (jax.lax.stop_gradient(logp) if self.inner_epochs == 1
+                    else batch["logp_old"].reshape(b * g, -1))
         kl = objective.kl_per_token(logp, ref_logp, logp_all, ref_all, s.kl_estimator)
         advantages = objective.group_advantages(batch["rewards"]).reshape(-1)
         loss, metrics = objective.policy_loss(logp, logp_old, advantages, mask, kl, s.kl_weight, s.clip)
@@ -109,6 +108,14 @@ class RewardTask:
     def eval_step(self, params, model, batch):
         """(summed NLL, scored tokens) of held-out text windows."""
         return step_lib.make_eval_step(model)(self.model_params(params), batch["tokens"], batch["weights"])
+
+    def step_rows(self, cfg) -> int:
+        """Sequences a step trains on: G completions of each prompt (the loop's tokens/s counts them)."""
+        return cfg.data.batch_size * self.s.group_size
+
+    def step_seq_len(self, cfg) -> int:
+        """Tokens of each: the prompt and its completion."""
+        return self.s.prompt_tokens + self.s.completion_tokens
 
     def train_batch(self, split, seed, step, batch_size, seq_len, rows=None):
         """The prompts of `step` (the rollout turns them into the update's batch)."""
@@ -184,16 +191,19 @@ class RewardTask:
         a, b, p = prompts.shape
         body = self.model_params(params)
         tokens, out, mask = self._sample(body, prompts.reshape(a * b, p), key)
-        logp_old, _ = objective.token_logprobs(self._completion_logits(self.model, body, tokens), out,
-                                               self.s.temperature)
+        if self.inner_epochs == 1:  # the loss takes the sampling policy's log-probs from its own forward
+            logp_old = jnp.zeros(out.shape, jnp.float32)
+        else:
+            logp_old, _ = objective.token_logprobs(completion_logits(self.model, body, prompts.reshape(a * b, p), out),
+                                                   out, self.s.temperature)
         shape = lambda x: x.reshape(a, b, self.s.group_size, x.shape[-1])
         return {"tokens": shape(tokens), "mask": shape(mask), "logp_old": shape(logp_old)}
 
     def _eval_arrays(self, body, reference, prompts, key):
         tokens, out, mask = self._sample(body, prompts, key)
-        logp, logp_all = objective.token_logprobs(self._completion_logits(self.model, body, tokens), out,
+        logp, logp_all = objective.token_logprobs(completion_logits(self.model, body, prompts, out), out,
                                                   self.s.temperature)
-        ref_logp, ref_all = objective.token_logprobs(self._completion_logits(self.model, reference, tokens), out,
+        ref_logp, ref_all = objective.token_logprobs(completion_logits(self.model, reference, prompts, out), out,
                                                      self.s.temperature)
         kl = objective.kl_per_token(logp, ref_logp, logp_all, ref_all, "exact")
         entropy = objective.entropy_per_token(logp_all)

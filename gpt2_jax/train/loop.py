@@ -158,8 +158,11 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     frozen = tuple(c.task.prepare(c, steps, echo)) if hasattr(c.task, "prepare") else ()
     rollout = getattr(c.task, "rollout", None)
     writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard) if primary else None
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps
-    flops_per_step = model_lib.flops_per_token(c.model.cfg, cfg.data.seq_len) * tokens_per_step
+    # A task whose step trains on other sequences than data windows (reward: its rollouts) counts its own.
+    seq_len = c.task.step_seq_len(cfg) if hasattr(c.task, "step_seq_len") else cfg.data.seq_len
+    rows = c.task.step_rows(cfg) if hasattr(c.task, "step_rows") else cfg.data.batch_size
+    tokens_per_step = rows * seq_len * cfg.optim.accum_steps
+    flops_per_step = model_lib.flops_per_token(c.model.cfg, seq_len) * tokens_per_step
 
     def run_eval(params, split="eval", max_batches=cfg.eval.max_batches, bars=False):
         if c.task is not None:

@@ -13,6 +13,9 @@ from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
+# A task's metrics worth a glance beside the loss: metric key -> (name shown, format).
+SHOWN = {"accuracy": ("acc", "{:.3f}"), "reward_mean": ("reward", "{:.3f}"), "kl": ("kl", "{:.2f}")}
+
 
 def bars_wanted(enabled: bool, stream=None) -> bool:
     """Whether to draw tqdm bars: asked for, and their stream (default stderr) is a terminal."""
@@ -67,13 +70,16 @@ class Progress:
         return clock(self.training_seconds() / done * (self.total - step)) if done > 0 else "?"
 
     def train_metrics(self, step: int, m: dict) -> None:
-        """Show a logged step's loss and speed: in the bar, or as a line every `every` steps."""
+        """Show a logged step's loss and speed (and a task's headline metrics, SHOWN): in the bar, or
+        as a line every `every` steps."""
+        shown = {name: fmt.format(m[key]) for key, (name, fmt) in SHOWN.items() if key in m}
         if self.bar is not None:
             mfu = {"mfu": f"{100 * m['mfu']:.1f}%"} if "mfu" in m else {}
-            self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}", **mfu)
+            self.bar.set_postfix(loss=f"{m['loss']:.3f}", **shown, tok_s=f"{m.get('tokens_per_s', 0):.0f}", **mfu)
         elif self.mode == "lines" and step % self.every == 0:
-            self.echo(f"step {step}/{self.total}: loss {m['loss']:.4f}, {m.get('tokens_per_s', 0):,.0f} tokens/s, "
-                      f"elapsed {clock(time.perf_counter() - self.started)}, eta {self._eta(step)}")
+            extra = "".join(f", {name} {value}" for name, value in shown.items())
+            self.echo(f"step {step}/{self.total}: loss {m['loss']:.4f}{extra}, {m.get('tokens_per_s', 0):,.0f} "
+                      f"tokens/s, elapsed {clock(time.perf_counter() - self.started)}, eta {self._eta(step)}")
 
     def evaluated(self, step: int, val: dict, note: str = "") -> None:
         """The one line of an evaluation: step, validation loss and bits per byte, the training
@@ -83,7 +89,8 @@ class Progress:
         rate = self.tokens_per_step * steps / max(seconds - self.mark[1], 1e-9)
         self.mark = (step, seconds)
         scores = "".join(f", {name} {val[key]:.4f}" for key, name in (
-            ("val_bpb", "bits/byte"), ("val_accuracy", "accuracy"), ("val_macro_f1", "macro-F1")) if key in val)
+            ("val_bpb", "bits/byte"), ("val_accuracy", "accuracy"), ("val_macro_f1", "macro-F1"),
+            ("val_reward", "reward"), ("val_reward_reference", "reference's reward"), ("val_kl", "KL")) if key in val)
         self.line(f"step {step}/{self.total}: val loss {val['val_loss']:.4f}{scores}{note}, "
                   f"{rate:,.0f} tokens/s, elapsed {clock(time.perf_counter() - self.started)}")
 
