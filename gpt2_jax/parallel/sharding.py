@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-import optax
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -176,24 +175,16 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def state_shardings(abstract_state, params_sharding, optimizer: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh):
-    """TrainState of shardings: params as given, optimizer moments like their params, scalars replicated."""
-    repl = replicated(mesh)
-    opt = optax.tree_utils.tree_map_params(
-        optimizer, lambda _, s: s, abstract_state.opt_state, params_sharding,
-        transform_non_params=lambda _: repl, is_leaf=lambda x: isinstance(x, NamedSharding))
-    return abstract_state.replace(step=repl, params=params_sharding, opt_state=opt, rng=repl)
-
-
 def _dict_keys(path) -> tuple[str, ...]:
     return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
-def state_shardings_by_path(abstract_state, params_sharding, mesh: jax.sharding.Mesh):
-    """Like state_shardings for any optimizer (e.g. optax.partition, whose masked state
-    tree_map_params cannot follow): an optimizer-state leaf whose trailing dict keys name a
-    parameter of the same shape is laid out like it; every other leaf is replicated."""
+def state_shardings(abstract_state, params_sharding, mesh: jax.sharding.Mesh):
+    """TrainState of shardings: params as given; an optimizer-state leaf whose trailing dict keys
+    name a parameter of the same shape (Adam's moments, muon's momentum) laid out like it; every
+    other leaf (counts, Adafactor's factored rows, scalars) replicated. Matching by path and shape
+    follows any optimizer's state: masked ones (frozen groups, muon's Adam part), whose structure
+    optax's tree_map_params cannot follow, and factored ones, whose leaves are not param-shaped."""
     repl = replicated(mesh)
     is_sh = lambda x: isinstance(x, NamedSharding)
     shardings = {_dict_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sharding, is_leaf=is_sh)[0]}

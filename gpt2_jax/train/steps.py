@@ -286,10 +286,7 @@ def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, s
     abstract_state = jax.eval_shape(init) if frozen is None else jax.eval_shape(init, frozen)
     boxed = jax.eval_shape(lambda key: init_params(model, key, 1, task), rng)
     params_sh = sharding.param_shardings(boxed, rules, mesh)
-    if trainable is None:
-        state_sh = sharding.state_shardings(abstract_state, params_sh, optimizer, mesh)
-    else:  # a partitioned optimizer: its state is matched to the params by path
-        state_sh = sharding.state_shardings_by_path(abstract_state, params_sh, mesh)
+    state_sh = sharding.state_shardings(abstract_state, params_sh, mesh)
     repl = sharding.replicated(mesh)
     if task is None:
         train_batch_sh = sharding.batch_sharding(mesh, rules, ndim=3, batch_dim=1)
