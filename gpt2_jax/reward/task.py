@@ -83,7 +83,6 @@ class RewardTask:
         """Adapters merged."""
         return tasks.body_params(params, self.lora)
 
-
     def loss(self, params, model, batch, rng, reference):
         """The clipped policy-gradient loss + kl_weight x KL to the reference, and the rollout's metrics."""
         s = self.s
@@ -109,13 +108,10 @@ class RewardTask:
         """(summed NLL, scored tokens) of held-out text windows."""
         return step_lib.make_eval_step(model)(self.model_params(params), batch["tokens"], batch["weights"])
 
-    def step_rows(self, cfg) -> int:
-        """Sequences a step trains on: G completions of each prompt (the loop's tokens/s counts them)."""
-        return cfg.data.batch_size * self.s.group_size
-
-    def step_seq_len(self, cfg) -> int:
-        """Tokens of each: the prompt and its completion."""
-        return self.s.prompt_tokens + self.s.completion_tokens
+    def step_shape(self, cfg) -> tuple[int, int]:
+        """(sequences, tokens each) a step trains on: G completions of each prompt, prompt + completion
+        (the loop's tokens/s counts them)."""
+        return cfg.data.batch_size * self.s.group_size, self.s.prompt_tokens + self.s.completion_tokens
 
     def train_batch(self, split, seed, step, batch_size, seq_len, rows=None):
         """The prompts of `step` (the rollout turns them into the update's batch)."""
@@ -190,12 +186,13 @@ class RewardTask:
     def _rollout_arrays(self, params, prompts, key):
         a, b, p = prompts.shape
         body = self.model_params(params)
-        tokens, out, mask = self._sample(body, prompts.reshape(a * b, p), key)
+        prompts = prompts.reshape(a * b, p)
+        tokens, out, mask = self._sample(body, prompts, key)
         if self.inner_epochs == 1:  # the loss takes the sampling policy's log-probs from its own forward
             logp_old = jnp.zeros(out.shape, jnp.float32)
         else:
-            logp_old, _ = objective.token_logprobs(completion_logits(self.model, body, prompts.reshape(a * b, p), out),
-                                                   out, self.s.temperature)
+            logp_old, _ = objective.token_logprobs(completion_logits(self.model, body, prompts, out), out,
+                                                   self.s.temperature)
         shape = lambda x: x.reshape(a, b, self.s.group_size, x.shape[-1])
         return {"tokens": shape(tokens), "mask": shape(mask), "logp_old": shape(logp_old)}
 

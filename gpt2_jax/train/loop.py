@@ -159,8 +159,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     rollout = getattr(c.task, "rollout", None)
     writer = metrics_lib.MetricsWriter(run_dir, tensorboard=t.tensorboard) if primary else None
     # A task whose step trains on other sequences than data windows (reward: its rollouts) counts its own.
-    seq_len = c.task.step_seq_len(cfg) if hasattr(c.task, "step_seq_len") else cfg.data.seq_len
-    rows = c.task.step_rows(cfg) if hasattr(c.task, "step_rows") else cfg.data.batch_size
+    rows, seq_len = (c.task.step_shape(cfg) if hasattr(c.task, "step_shape")
+                     else (cfg.data.batch_size, cfg.data.seq_len))
     tokens_per_step = rows * seq_len * cfg.optim.accum_steps
     flops_per_step = model_lib.flops_per_token(c.model.cfg, seq_len) * tokens_per_step
 

@@ -30,8 +30,8 @@ Optional members for reward tuning (reward/task.py has them):
   `train_batch` built; returns the global batch dict the update reads, made with the current
   params, its randomness a pure function of (seed, step) so resume is exact.
 * `inner_epochs`: updates taken on each batch (default 1).
-* `step_rows(cfg)`, `step_seq_len(cfg)`: the sequences a step trains on and their length, when they
-  are not `data.batch_size` windows of `data.seq_len` (the loop's tokens/s and TFLOP/s count them).
+* `step_shape(cfg)`: (sequences, tokens each) a step trains on, when they are not `data.batch_size`
+  windows of `data.seq_len` (the loop's tokens/s and TFLOP/s count them).
 
 Optional, for a task that needs frozen inputs in its step (distillation's teacher):
 * `frozen_shapes()`: their boxed (logically partitioned) abstract tree; `steps.make_steps` places
