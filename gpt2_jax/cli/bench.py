@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
-from pathlib import Path
 
 from gpt2_jax.cli import common
 
@@ -20,9 +20,20 @@ def run(args, overrides: list[str], env) -> int:
         if args.dry_run:
             print("\n".join(bench_sweep.plan_lines(args.plan, args.nanogpt, args.budget)), flush=True)
             return 0
-        rows = bench_sweep.run_sweep(args.plan, args.out, nanogpt=args.nanogpt, base_env=dict(env),
+        rows = bench_sweep.run_sweep(args.plan, args.out or "bench_sweep", nanogpt=args.nanogpt, base_env=dict(env),
                                      echo=lambda line: print(line, flush=True), budget_s=args.budget)
         print(bench_sweep.markdown_table(rows), flush=True)
+        return 0
+    if args.kind == "recipes":
+        from gpt2_jax.bench import recipes as bench_recipes
+
+        out = pathlib.Path(args.out or "bench_recipes")
+        report = bench_recipes.bench_recipes(str(out), args.data_dir, nanogpt=args.nanogpt, eval_every=args.eval_every,
+                                             env=dict(env), echo=lambda line: print(line, flush=True))
+        report["plot"] = bench_recipes.plot_recipes(report, str(out / "recipes.png"))
+        common.write_json(str(out / "recipes.json"), report)
+        print(bench_recipes.format_report(report) + f"\ncurves: {report['plot']}", flush=True)
+        common.write_json(args.json, report)
         return 0
     if peers and common.jax_backend_is_gpu(env):  # the peers share the GPU: no preallocated JAX pool
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -59,7 +70,7 @@ def run(args, overrides: list[str], env) -> int:
                                            overrides=overrides)
         text = bench_reward.format_report(report)
         if args.json:  # the reward curves beside the report
-            text += f"\nreward curves: {bench_reward.plot_curves(report, str(Path(args.json).with_suffix('.png')))}"
+            text += f"\nreward curves: {bench_reward.plot_curves(report, str(pathlib.Path(args.json).with_suffix('.png')))}"
     elif args.kind == "decode":
         from gpt2_jax.bench import decode as bench
 
@@ -101,8 +112,9 @@ def train_bench_spec(args):
 def add_parser(sub) -> None:
     """Adds the `bench` subcommand and its flags to the subparsers `sub`."""
     b = sub.add_parser("bench", help="throughput of train steps, decoding, eval, data, checkpoint saves; peers beside")
-    b.add_argument("kind", nargs="?", choices=["train", "decode", "eval", "data", "ckpt", "sweep", "reward"], default="train",
-                   help="sweep: every GPU figure of BENCHMARKS.md, one subprocess per row (see --plan)")
+    b.add_argument("kind", nargs="?", choices=["train", "decode", "eval", "data", "ckpt", "sweep", "reward", "recipes"],
+                   default="train", help="sweep: every GPU figure of BENCHMARKS.md, one subprocess per row (see "
+                   "--plan); recipes: the default run's recipe, the old one and nanoGPT's CPU one, back to back")
     b.add_argument("--preset", default="tiny")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--seq-len", type=int, default=256, help="train: tokens per row")
@@ -129,8 +141,10 @@ def add_parser(sub) -> None:
     b.add_argument("--profile-steps", help="train: A:B traces extra steps A..B-1 with jax.profiler")
     b.add_argument("--profile-dir", default="bench_profile", help="train: where the trace goes")
     b.add_argument("--plan", default="gpu", help="sweep: gpu (gpt2 T=1024 and larger) | cpu-switches | smoke")
-    b.add_argument("--out", default="bench_sweep", help="sweep: folder for sweep.json and sweep.md (resumes)")
-    b.add_argument("--nanogpt", help="sweep: a nanoGPT checkout for the side-by-side row")
+    b.add_argument("--out", help="sweep: folder for sweep.json and sweep.md (resumes; default bench_sweep); "
+                   "recipes: folder for the runs, recipes.json and recipes.png (default bench_recipes)")
+    b.add_argument("--nanogpt", help="sweep, recipes: a nanoGPT checkout for the side-by-side row")
+    b.add_argument("--eval-every", type=int, default=100, help="recipes: steps between our runs' validation points")
     b.add_argument("--budget", type=float, help="sweep: run only the rows whose budgets fit in this many seconds")
     b.add_argument("--dry-run", action="store_true", help="sweep: print the rows, their order and budgets; run nothing")
     b.add_argument("--json", help="also write the report here")
@@ -141,7 +155,7 @@ def add_parser(sub) -> None:
     bd.add_argument("--source", default="shakespeare/plays", help="data: the source to tokenize")
     bd.add_argument("--split", default="train", help="data: its split")
     bd.add_argument("--tokenizers", default="byte,gpt2,sentencepiece", help="data: comma-separated tokenizer names (sentencepiece: train 8000 BPE pieces first)")
-    bd.add_argument("--data-dir", default="~/tensorflow_datasets", help="data: the TFDS data_dir")
+    bd.add_argument("--data-dir", default="~/tensorflow_datasets", help="data, recipes: the TFDS data_dir")
     bd.add_argument("--workers", type=int, default=0, help="data: prepare workers besides 1 (0: all cores)")
     bd.add_argument("--loader-batch", type=int, default=8, help="data: loader batch rows")
     bd.add_argument("--loader-seq-len", type=int, default=1024, help="data: loader tokens per row")
