@@ -22,6 +22,7 @@ def get_config():
     c.distill.teacher = "runs/default"
     c.distill.alpha = 0.5
     c.distill.temperature = 2.0
+    c.optim.name, c.optim.lr, c.optim.adam_lr = "adamw", 3e-3, None  # the student's recipe: AdamW, as measured
     c.train.steps = 600
     c.train.eval_every = 300
     c.checkpoint.every = 300

@@ -22,6 +22,7 @@ def get_config():
     c.data.source = "shakespeare/genre"
     c.data.batch_size = 32
     c.model.embd_dropout = c.model.resid_dropout = 0.1
+    c.optim.name, c.optim.adam_lr = "adamw", None  # not the default run's Muon: tuned with AdamW
     c.optim.lr = 5e-4
     c.optim.warmup_steps = 20
     c.optim.weight_decay = 0.01

@@ -38,6 +38,7 @@ def get_config():
     r.eval_prompts = 32
     r.samples_shown = 6
     c.data.batch_size = 4  # prompts per step: 32 completions
+    c.optim.name, c.optim.adam_lr = "adamw", None  # not the default run's Muon: tuned with AdamW
     c.optim.lr = 3e-4
     c.optim.schedule = "constant"
     c.optim.warmup_steps = 10
