@@ -351,3 +351,39 @@ def test_a_learning_rate_that_overflows_mid_run_stops_naming_the_last_good_step_
     assert not (run / "checkpoints" / "41").exists()
     m = api.load(run)
     assert m.step == 40 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(m.params))
+
+
+def _find(tree, key):
+    """The first subtree under `key` in a nested dict/list (an Orbax restore without a target)."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        children = tree.values()
+    elif isinstance(tree, (list, tuple)):
+        children = tree
+    else:
+        return None
+    return next((hit for child in children if (hit := _find(child, key)) is not None), None)
+
+
+def test_a_schedule_free_run_is_evaluated_and_loaded_at_its_average(tmp_path, capsys):
+    import orbax.checkpoint as ocp
+
+    assert cli.main(_args(tmp_path, "sf", 10, "--config.optim.name=schedule_free_adamw",
+                          "--config.optim.schedule=constant")) == 0
+    step = tmp_path / "sf" / "checkpoints" / "10"
+    assert (step / "average").is_dir()
+    saved = ocp.PyTreeCheckpointer().restore(step / "state")  # numpy arrays, as written
+    y, z, b1 = saved["params"], _find(saved["opt_state"], "z"), float(_find(saved["opt_state"], "b1"))
+    x = jax.tree.map(lambda yi, zi: (yi - (1 - b1) * zi) / b1, y, z)
+    loaded = api.load(tmp_path / "sf").params
+    for path, want in jax.tree_util.tree_flatten_with_path(x)[0]:
+        np.testing.assert_allclose(np.asarray(_get(loaded, path)), want, rtol=1e-5, atol=1e-6)
+    # not the params it trained at
+    assert not all(np.allclose(np.asarray(_get(loaded, p)), v) for p, v in jax.tree_util.tree_flatten_with_path(y)[0])
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[getattr(k, "key", getattr(k, "idx", None))]
+    return tree

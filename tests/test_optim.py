@@ -189,12 +189,16 @@ def test_lion_steps_by_the_sign_and_adafactor_keeps_factored_moments():
     assert float(jnp.sqrt(jnp.mean(updates["w"] ** 2))) <= 1e-3 * 1.0001  # update clipped to RMS 1, times lr
 
 
-@pytest.mark.parametrize("kind", ["muon", "lion", "adafactor"])
+LRS = {"muon": 0.02, "lion": 3e-3, "adafactor": 1e-2, "schedule_free_adamw": 3e-3}
+
+
+@pytest.mark.parametrize("kind", sorted(LRS))
 def test_every_optimizer_trains_the_model_through_the_config(kind):
     from gpt2_jax import config as config_lib
     cfg = config_lib.base_config()
-    cfg.optim.name, cfg.optim.lr = kind, {"muon": 0.02, "lion": 3e-3, "adafactor": 1e-2}[kind]
+    cfg.optim.name, cfg.optim.lr = kind, LRS[kind]
     cfg.optim.adam_lr, cfg.optim.warmup_steps, cfg.train.steps = 3e-3, 0, 30
+    cfg.optim.schedule = "constant" if kind == "schedule_free_adamw" else "cosine"
     config_lib.validate(cfg)
     schedule, tx = optim.optimizer_from_config(cfg)
     m = GPT2(CFG)
@@ -216,24 +220,58 @@ def test_every_optimizer_trains_the_model_through_the_config(kind):
         params, state, loss = step(params, state)
         losses.append(float(loss))
     assert losses[-1] < 0.75 * losses[0], losses  # ln 64 = 4.16 -> toward ln 8 = 2.08
+    assert float(loss_fn(optim.eval_params(state, params))) < 0.75 * losses[0]  # the point evaluations score
 
 
-def test_adam_lr_is_checked():
+def test_schedule_free_adamw_is_evaluated_at_its_average_and_the_rest_at_their_params():
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
+    grads = {"w": jnp.full((4, 3), 0.5), "b": jnp.full((3,), -1.0)}
+    tx = optim.make_optimizer("schedule_free_adamw", lr=0.1, weight_decay=0.0, grad_clip=0.0)
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    x = optim.eval_params(state, params)
+    sf = state[-1] if isinstance(state, tuple) and not hasattr(state, "z") else state
+    want = optax.contrib.schedule_free_eval_params(sf, params)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(x[k]), np.asarray(want[k]), rtol=1e-6)
+        assert not np.allclose(np.asarray(x[k]), np.asarray(params[k]))  # y (trained at) is not x (evaluated at)
+    adam = optim.make_optimizer("adamw", lr=0.1)
+    assert optim.eval_params(adam.init(params), params) is params
+    # One group frozen: its leaves carry no schedule-free state and are evaluated as they are.
+    labels = {"w": "lr_x1", "b": "frozen"}
+    tx = optim.make_optimizer("schedule_free_adamw", lr=0.1, weight_decay=0.0, grad_clip=0.0, labels=labels)
+    start = {"w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
+    state, params = tx.init(start), start
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    x = optim.eval_params(state, params)
+    np.testing.assert_array_equal(np.asarray(x["b"]), np.zeros(3))
+    assert not np.allclose(np.asarray(x["w"]), np.asarray(params["w"]))
+
+
+def test_adam_lr_and_a_schedule_under_schedule_free_adamw_are_checked():
     from gpt2_jax import config as config_lib
     cfg = config_lib.base_config()
     cfg.optim.adam_lr = -1.0
     with pytest.raises(config_lib.ConfigError, match="optim.adam_lr: must be positive"):
         config_lib.validate(cfg)
+    cfg = config_lib.base_config()
+    cfg.optim.name = "schedule_free_adamw"
+    with pytest.raises(config_lib.ConfigError, match="optim.schedule: 'cosine' decays .* set optim.schedule=constant"):
+        config_lib.validate(cfg)
 
 
-@pytest.mark.parametrize("kind", ["muon", "lion", "adafactor"])
+@pytest.mark.parametrize("kind", sorted(LRS))
 def test_every_optimizer_runs_in_the_sharded_train_step(kind):
     # train.make_steps lays the optimizer state out like the params; muon masks its Adam part,
     # which optax's tree_map_params cannot follow (`gpt2-jax train` with muon failed there)
     from gpt2_jax.parallel import sharding
     from gpt2_jax.train import steps as train
 
-    lr = {"muon": 0.02, "lion": 3e-3, "adafactor": 1e-2}[kind]
+    lr = LRS[kind]
     tx = optim.make_optimizer(kind, lr=lr, adam_lr_ratio=0.1)
     mesh = sharding.make_mesh(sharding.MeshSpec(ici=(1, 1, 1)), jax.devices()[:1])
     steps = train.make_steps(GPT2(CFG), tx, lambda s: lr, mesh, sharding.logical_rules("fsdp+tp"), 0, 16)

@@ -115,7 +115,9 @@ def run_recipe(recipe: dict[str, Any], env: dict[str, str], echo: Callable[[str]
 
 def score_nanogpt(checkout: str, ckpt_path: pathlib.Path, split: tokens_lib.TokenSplit, batch: int = 32) -> float:
     """Bits per byte of nanoGPT's checkpoint on `split`: non-overlapping windows of its context."""
+    import contextlib
     import importlib.util
+    import io
 
     import torch
 
@@ -125,7 +127,8 @@ def score_nanogpt(checkout: str, ckpt_path: pathlib.Path, split: tokens_lib.Toke
     model_py = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(model_py)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model = model_py.GPT(model_py.GPTConfig(**ckpt["model_args"]))
+    with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints the parameter count
+        model = model_py.GPT(model_py.GPTConfig(**ckpt["model_args"]))
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
     model.eval()
     context = ckpt["model_args"]["block_size"]

@@ -30,7 +30,7 @@ from gpt2_jax.checkpoint.faults import TMP_MARK, CheckpointError, CheckpointWrit
 
 CHECKPOINT_SUBDIR = "checkpoints"
 MANIFEST = "files.json"  # {relative path: [size in bytes, CRC-32]} of a finalized step (older runs: size only)
-JSON_FILES = ("config/metadata", "meta/metadata", "state/_METADATA")
+JSON_FILES = ("config/metadata", "meta/metadata", "state/_METADATA", "average/_METADATA")
 
 
 def _best_metric(metrics: dict[str, Any]) -> float:
@@ -86,8 +86,10 @@ def check_for_errors(manager: ocp.CheckpointManager) -> None:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, config: dict, meta: dict,
-         metrics: dict[str, float] | None = None, force: bool = True) -> bool:
-    """Save state + config + meta at `step` (asynchronously when the manager is async).
+         metrics: dict[str, float] | None = None, force: bool = True, average: Any = None) -> bool:
+    """Save state + config + meta at `step` (asynchronously when the manager is async); with
+    `average` (the params schedule-free AdamW is evaluated at), also an item `average` that
+    `restore_params` then reads instead of the state's params.
 
     Orbax first waits for the previous save, which is then sealed; the call returns once the
     arrays are copied off the devices, while the files are written in the background.
@@ -98,6 +100,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: dict, me
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(config),
         meta=ocp.args.JsonSave(meta),
+        **({} if average is None else {"average": ocp.args.StandardSave({"params": average})}),
     )
     return _checked(manager, manager.save, step, args=args, metrics=metrics or {}, force=force)
 
@@ -180,7 +183,9 @@ def check_step(manager: ocp.CheckpointManager, step: int, target: Any = None,
     listed = {rel: size for rel, size in listed.items() if rel.split("/")[0] in items}
     parsed = {rel: _parse_json(where, step, root, rel) for rel in JSON_FILES if rel.split("/")[0] in items}
     if target is not None:
-        _check_arrays(where, step, root, target, parsed["state/_METADATA"], listed.get("state/_METADATA"))
+        arrays = "average" if "average" in items else "state"
+        _check_arrays(where, step, root, target, arrays, parsed[f"{arrays}/_METADATA"],
+                      listed.get(f"{arrays}/_METADATA"))
     for rel, sealed in listed.items():
         size, crc = (sealed, None) if isinstance(sealed, int) else sealed
         path = root / rel
@@ -205,14 +210,14 @@ def _parse_json(where: pathlib.Path, step: int, root: pathlib.Path, rel: str) ->
         raise DamagedCheckpoint(where, step, rel, f"is not valid JSON ({faults.one_line(e)})") from None
 
 
-def _check_arrays(where: pathlib.Path, step: int, root: pathlib.Path, target: Any, metadata: dict,
+def _check_arrays(where: pathlib.Path, step: int, root: pathlib.Path, target: Any, item: str, metadata: dict,
                   saved_size: int | None) -> None:
     missing = sorted(_target_keys(target) - _tree_keys(metadata))
     if not missing:
         return
     names = ", ".join("/".join(k) for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
-    if saved_size not in (None, (root / "state/_METADATA").stat().st_size):
-        raise DamagedCheckpoint(where, step, "state/_METADATA", f"lacks {len(missing)} array(s): {names}")
+    if saved_size not in (None, (root / f"{item}/_METADATA").stat().st_size):
+        raise DamagedCheckpoint(where, step, f"{item}/_METADATA", f"lacks {len(missing)} array(s): {names}")
     # The file is as saved: the model or optimizer asked for differs from the run's.
     raise CheckpointError(f"checkpoint step {step} in {where} has no {names}, which this config needs; "
                           "train with the run's model and optim settings, or start a new run_dir")
@@ -263,18 +268,20 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
 
 
 def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
-    """Only the params of the `state` item at step (no optimizer state is read), cast to the target's dtypes."""
+    """Only the params at step (no optimizer state is read), cast to the target's dtypes: those of the
+    `average` item where the run saved one (schedule-free AdamW's evaluation point), else the state's."""
+    item = "average" if (step_dir(manager, step) / "average").is_dir() else "state"
     target = {"params": abstract_params}
-    check_step(manager, step, target)
+    check_step(manager, step, target, items=("config", "meta", item))
     faults.quiet_closed_loop_callbacks()
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), target)
     try:
-        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True)))
+        out = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)}))
     except Exception as e:
         raise faults.damage(manager.directory, step, e) or CheckpointError(
             f"cannot restore params of step {step} from {manager.directory}: {faults.one_line(e)}") from None
-    return out.state["params"]
+    return out[item]["params"]
 
 
 def set_aside(manager: ocp.CheckpointManager, step: int, kind: str) -> pathlib.Path:

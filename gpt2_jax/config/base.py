@@ -50,7 +50,7 @@ def base_config() -> config_dict.ConfigDict:
         prefetch=2,  # training batches built ahead of the device
     )
     c.optim = dict(
-        name="adamw",  # adamw | muon | lion | adafactor (optim/optimizers.py)
+        name="adamw",  # adamw | muon | lion | adafactor | schedule_free_adamw (optim/optimizers.py)
         lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
         schedule="cosine", warmup_steps=100, min_lr_ratio=0.1, decay_steps=ph(int),
         accum_steps=1, label_smoothing=0.0,

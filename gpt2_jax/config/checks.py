@@ -96,6 +96,9 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     _choice(cfg, "optim.name", optim.OPTIMIZERS)
     _choice(cfg, "optim.schedule", schedules.SCHEDULES)
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    _check(o.name != "schedule_free_adamw" or o.schedule == "constant", "optim.schedule",
+           f"{o.schedule!r} decays the learning rate, which schedule_free_adamw replaces by averaging; "
+           "set optim.schedule=constant (warmup_steps still applies)")
     _check(o.adam_lr is None or o.adam_lr > 0, "optim.adam_lr", f"must be positive, got {o.adam_lr}")
     _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optim.b1", "b1 and b2 must be in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")

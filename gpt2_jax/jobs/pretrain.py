@@ -142,7 +142,8 @@ def run(cfg: config_dict.ConfigDict, say: Callable[..., None] = print) -> dict[s
     run_dir = os.path.abspath(cfg.train.run_dir)
     say(f"checkpoint: {run_dir}/checkpoints/{r['step']}; loss curve: {run_dir}/loss.png", flush=True)
     if cfg.train.sample_tokens > 0 and cfg.task.kind != "classify":
-        params = out["state"].params if comps.task is None else comps.task.model_params(out["state"].params)
+        params = loop.evaluated_params(out["state"])
+        params = params if comps.task is None else comps.task.model_params(params)
         params = distributed.to_host(params)  # collective: gathers shards other processes hold
         if distributed.is_primary():
             text = sample_text(comps, params, cfg.train.sample_prompt, cfg.train.sample_tokens,

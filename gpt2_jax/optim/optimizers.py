@@ -1,11 +1,15 @@
-"""Optimizers: AdamW (decoupled weight decay on >= 2-D weights only), Muon, Lion and Adafactor, each
-behind global-norm clipping and gradient accumulation as one optax GradientTransformation; built
-from a config's optim section.
+"""Optimizers: AdamW (decoupled weight decay on >= 2-D weights only), Muon, Lion, Adafactor and
+schedule-free AdamW, each behind global-norm clipping and gradient accumulation as one optax
+GradientTransformation; built from a config's optim section.
 
 Muon (optax.contrib.muon, as in the modded-nanogpt speedrun) orthogonalizes the momentum of the
 blocks' matrices: q, k and v each as its own d x d matrix, the attention output as (heads*hd) x d,
 both MLP kernels; the embeddings (tied to the LM head), biases, gains, a classification head and
 LoRA adapters take Adam at `adam_lr`.
+
+Schedule-free AdamW (optax.contrib.schedule_free, Defazio et al. 2024) trains at y but is meant to
+be evaluated at the average x = (y - (1 - b1) z) / b1 it keeps implicitly; `eval_params` gives
+the point to evaluate, sample and export for every optimizer (the params themselves for the others).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from optax.contrib import MuonDimensionNumbers
 
 from gpt2_jax.optim import groups, schedules
 
-OPTIMIZERS = ("adamw", "muon", "lion", "adafactor")
+OPTIMIZERS = ("adamw", "muon", "lion", "adafactor", "schedule_free_adamw")
 
 
 def _leaf_name(path) -> str:
@@ -65,7 +69,22 @@ def _base_optimizer(kind: str, rate, b1: float, b2: float, eps: float, weight_de
     if kind == "adafactor":  # factored second moments, no first moment; lr absolute, as Adam's
         return optax.adafactor(rate, multiply_by_parameter_scale=False, eps=1e-30,
                                weight_decay_rate=weight_decay or None, weight_decay_mask=decay_mask)
+    if kind == "schedule_free_adamw":  # AdamW without momentum inside the schedule-free average; b1 averages
+        base = optax.chain(optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
+                           optax.add_decayed_weights(weight_decay, mask=decay_mask), optax.scale_by_learning_rate(rate))
+        return optax.contrib.schedule_free(base, learning_rate=rate, b1=b1)
     raise ValueError(f"unknown optimizer kind {kind!r}; choose one of {OPTIMIZERS}")
+
+
+def eval_params(opt_state, params) -> Any:
+    """The params to evaluate, sample and export: schedule-free AdamW's average x = (y - (1-b1) z) / b1
+    where its state holds z (per parameter group; frozen leaves stay as they are), else params."""
+    is_sf = lambda s: isinstance(s, optax.contrib.ScheduleFreeState)  # noqa: E731
+    for s in (s for s in jax.tree.leaves(opt_state, is_leaf=is_sf) if is_sf(s)):
+        masked = lambda z: isinstance(z, optax.MaskedNode)  # noqa: E731 -- a leaf of another group
+        params = jax.tree.map(lambda z, y: y if masked(z) else ((y - (1 - s.b1) * z) / s.b1).astype(y.dtype),
+                              s.z, params, is_leaf=masked)
+    return params
 
 
 def make_optimizer(kind: str = "adamw", lr: float | optax.Schedule = 3e-4, b1: float = 0.9,

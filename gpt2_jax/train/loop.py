@@ -26,7 +26,7 @@ from gpt2_jax.data import tokens as tokens_lib
 from gpt2_jax.evaluate import scoring as evaluate
 from gpt2_jax.model import flops
 from gpt2_jax.model import gpt2 as model_lib
-from gpt2_jax.optim import groups
+from gpt2_jax.optim import groups, optimizers
 from gpt2_jax.parallel import distributed, profiling, sharding
 from gpt2_jax.train import metrics as metrics_lib
 from gpt2_jax.train import early_stopping, plots, progress, resume
@@ -193,8 +193,10 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             if not bool(_all_finite(state.params)):  # the update of `step` itself may have overflowed
                 raise TrainingDiverged(f"the update of step {step} made the parameters NaN/inf; not saved; stopped "
                                        f"({last_good(manager)}); lower optim.lr or raise optim.warmup_steps")
+            average = evaluated_params(state)
             ckpt.save(manager, step, state, cfg.to_dict(), _meta(c, step, last_val, stopper),
-                      metrics=_checkpoint_metrics(last_val, stopper))
+                      metrics=_checkpoint_metrics(last_val, stopper),
+                      average=None if average is state.params else average)
             saved.add(step)
 
     batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, end, cfg.data.prefetch)
@@ -214,7 +216,8 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             if has_eval and (done % t.eval_every == 0 or done == t.steps):
                 log.flush()
                 with shown.paused():
-                    last_val = {f"val_{k}": v for k, v in run_eval(state.params).items() if isinstance(v, float)}
+                    last_val = {f"val_{k}": v for k, v in run_eval(evaluated_params(state)).items()
+                                if isinstance(v, float)}
                 log.write(done, last_val)
                 shown.evaluated(done, last_val, sampled if not last_val.get("val_complete") else "")
                 log.restart_clock()  # keep eval time out of the next tokens/s window
@@ -255,7 +258,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
     # The reported numbers always score every token of the held-out splits (eval.max_batches is
     # only for the periodic evaluations).
     results = {"step": last}
-    params = state.params
+    params = evaluated_params(state)
     if stopper is not None:
         results["early_stopping"] = stopper.summary()
         params = _best_params(steps, manager, stopper, last, params, echo)
@@ -303,7 +306,13 @@ def _best_params(steps, manager, stopper, done: int, params, echo):
         return params
     target = sharding.abstract_on(steps.abstract_state, steps.state_sharding)
     echo(f"restoring the best checkpoint (step {best}, {stopper.metric} {stopper.best:.6g}) for the final evaluation")
-    return ckpt.restore_state(manager, best, target).params
+    return evaluated_params(ckpt.restore_state(manager, best, target))
+
+
+def evaluated_params(state) -> Any:
+    """The params a state is evaluated, sampled and exported at: its params, or schedule-free
+    AdamW's average of them (optim.optimizers.eval_params)."""
+    return optimizers.eval_params(state.opt_state, state.params)
 
 
 class _TrainLog:
