@@ -204,8 +204,10 @@ def test_a_single_file_without_eval_split_trains_and_tests_on_held_out_text(tmp_
 
 def test_early_stopping_and_a_test_split_that_is_not_held_out(tmp_path, capsys):
     source = _single_file(tmp_path)
-    # lr 1e-30 leaves the weights as they are: the second evaluation does not improve on the first.
-    assert cli.main(_args(tmp_path, source, 40, "--config.optim.lr=1e-30", "--config.train.eval_every=5",
+    # lr 1e-30 (and Muon's Adam part at 1e-30) leaves the weights as they are: the second evaluation
+    # does not improve on the first.
+    assert cli.main(_args(tmp_path, source, 40, "--config.optim.lr=1e-30", "--config.optim.adam_lr=1e-30",
+                          "--config.train.eval_every=5",
                           "--config.checkpoint.every=100", "--config.train.early_stopping.metric=val_loss",
                           "--config.train.early_stopping.patience=1", "--config.train.sample_tokens=0",
                           "--config.data.holdout_fraction=0")) == 0

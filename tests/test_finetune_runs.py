@@ -45,6 +45,7 @@ def _args(tmp_path, run, source, steps, *extra):
             f"--config.data.data_dir={tmp_path}/data", f"--config.train.run_dir={tmp_path}/{run}",
             f"--config.train.steps={steps}", "--config.model.preset=nano", "--config.data.seq_len=32",
             "--config.data.batch_size=8", "--config.optim.warmup_steps=0", "--config.optim.lr=3e-3",
+            "--config.optim.name=adamw",  # the fine-tuning experiments' optimizer, not the default run's Muon
             "--config.train.eval_every=5", "--config.checkpoint.every=10", "--config.train.log_every=5",
             "--config.train.sample_tokens=0", "--config.train.tensorboard=false", "--config.eval.batch_size=8",
             "--config.checkpoint.async_save=false", *extra]
