@@ -80,5 +80,5 @@ def test_a_nanogpt_checkpoint_is_scored_on_every_byte_of_a_split(tmp_path):
     torch.save({"model_args": {"block_size": 8, "vocab_size": 257}, "model": {"_orig_mod.bias": torch.zeros(257)}},
                tmp_path / "ckpt.pt")
     split = types.SimpleNamespace(tokens=np.arange(21, dtype=np.uint16), header={"num_bytes": 20})
-    bpb = recipes.score_nanogpt(str(tmp_path), tmp_path / "ckpt.pt", split, batch=2)
+    bpb = recipes.score_nanogpt(str(tmp_path), tmp_path / "ckpt.pt", {"test": split}, batch=2)["test"]
     assert bpb == pytest.approx(math.log2(257))  # 20 targets (3 windows of 8, the last padded) over 20 bytes

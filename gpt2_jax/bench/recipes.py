@@ -113,8 +113,10 @@ def run_recipe(recipe: dict[str, Any], env: dict[str, str], echo: Callable[[str]
     return row
 
 
-def score_nanogpt(checkout: str, ckpt_path: pathlib.Path, split: tokens_lib.TokenSplit, batch: int = 32) -> float:
-    """Bits per byte of nanoGPT's checkpoint on `split`: non-overlapping windows of its context."""
+def score_nanogpt(checkout: str, ckpt_path: pathlib.Path, splits: dict[str, tokens_lib.TokenSplit],
+                  batch: int = 32) -> dict[str, float]:
+    """Bits per byte of nanoGPT's checkpoint (loaded once) on each of `splits`: non-overlapping
+    windows of its context."""
     import contextlib
     import importlib.util
     import io
@@ -132,19 +134,23 @@ def score_nanogpt(checkout: str, ckpt_path: pathlib.Path, split: tokens_lib.Toke
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
     model.eval()
     context = ckpt["model_args"]["block_size"]
-    total = 0.0
+    scores = {}
     with torch.no_grad():
-        for tokens, weights in loader.eval_batches(np.asarray(split.tokens[:]), batch, context):
-            x, y = torch.from_numpy(tokens[:, :-1]).long(), torch.from_numpy(tokens[:, 1:]).long()
-            logits, _ = model(x, y)  # with targets nanoGPT returns logits at every position
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-            total += float((nll * torch.from_numpy(weights)).sum())
-    return total / math.log(2) / split.header["num_bytes"]
+        for name, split in splits.items():
+            total = 0.0
+            for tokens, weights in loader.eval_batches(np.asarray(split.tokens[:]), batch, context):
+                x, y = torch.from_numpy(tokens[:, :-1]).long(), torch.from_numpy(tokens[:, 1:]).long()
+                logits, _ = model(x, y)  # with targets nanoGPT returns logits at every position
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+                total += float((nll * torch.from_numpy(weights)).sum())
+            scores[name] = total / math.log(2) / split.header["num_bytes"]
+    return scores
 
 
 def bench_recipes(out_dir: str, data_dir: str, nanogpt: str | None = None, eval_every: int = 100,
                   env: dict[str, str] | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Prepares the data, then runs every recipe back to back; the report (also <out_dir>/recipes.json)."""
+    """Prepares the data, then runs every recipe back to back; the report (`gpt2-jax bench recipes`
+    writes it to <out_dir>/recipes.json)."""
     if nanogpt and not (pathlib.Path(nanogpt) / "train.py").is_file():
         raise FileNotFoundError(f"--nanogpt {nanogpt}: no train.py there; clone karpathy/nanoGPT outside the "
                                 "project and pass its folder")
@@ -158,9 +164,8 @@ def bench_recipes(out_dir: str, data_dir: str, nanogpt: str | None = None, eval_
         echo(f"{recipe['name']}: {' '.join(recipe['argv'][1:])}")
         row = run_recipe(recipe, dict(env if env is not None else os.environ), echo)
         if recipe["kind"] == "nanogpt":
-            row["test"] = score_nanogpt(recipe["cwd"], pathlib.Path(recipe["run_dir"]) / "ckpt.pt", splits["test"])
-            row["validation"] = score_nanogpt(recipe["cwd"], pathlib.Path(recipe["run_dir"]) / "ckpt.pt",
-                                              splits["validation"])
+            row.update(score_nanogpt(recipe["cwd"], pathlib.Path(recipe["run_dir"]) / "ckpt.pt",
+                                     {k: splits[k] for k in ("validation", "test")}))
         echo(f"    done in {row['wall_s']:.0f} s: test {row.get('test', float('nan')):.4f} bits/byte")
         rows.append(row)
     return {"data_dir": data_dir, "eval_every": eval_every, "rows": rows}
