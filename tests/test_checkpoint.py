@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from gpt2_jax import api
+from gpt2_jax.checkpoint import layout
 from gpt2_jax.checkpoint.manager import CheckpointError
 from gpt2_jax.cli import app as cli
 from gpt2_jax.train import metrics as metrics_lib
@@ -137,10 +138,10 @@ def _cut_short(step_dir: pathlib.Path) -> str:
 def _drop_array(step_dir: pathlib.Path) -> str:
     path = step_dir / "state" / "_METADATA"
     md = json.loads(path.read_text())
-    key = next(k for k in md["tree_metadata"] if "qkv_kernel" in k and "h_1" in k and "params" in k)
+    key = next(k for k in md["tree_metadata"] if "qkv_kernel" in k and "h_layers" in k and "params" in k)
     del md["tree_metadata"][key]
     path.write_text(json.dumps(md))
-    return "state/_METADATA lacks 1 array(s): params/h_1/attn/qkv_kernel"
+    return "state/_METADATA lacks 1 array(s): params/h_layers/attn/qkv_kernel"
 
 
 def _garbage_json(step_dir: pathlib.Path) -> str:
@@ -311,7 +312,11 @@ def test_bench_ckpt_reports_blocking_and_overhead(tmp_path, capsys):
     assert all(0 < b <= t for b, t in zip(save["blocking_s"], save["total_s"]))
     assert save["disk_bytes"] > 0 and all(t > 0 for t in save["checksum_s"] + save["check_s"])
     assert "its CRC-32 seal" in out
-    assert r["overhead"]["no_save_step_s"] > 0 and r["overhead"]["save_step_s"] > 0
+    o = r["overhead"]
+    assert o["no_save_step_s"] > 0 and set(o["layouts"]) == {"stacked", "tree"}
+    assert all(a["step_s"] > 0 and a["save_cpu_s"] > 0 and len(a["held_s"]) == 2 for a in o["layouts"].values())
+    assert o["arrays"]["stacked"] < o["arrays"]["tree"]  # nano's two blocks: one array where there were two
+    assert "stacked layout" in out and "tree layout" in out
 
 
 def test_the_best_step_is_kept_and_found_after_a_restart(tmp_path):
@@ -373,10 +378,10 @@ def test_a_schedule_free_run_is_evaluated_and_loaded_at_its_average(tmp_path, ca
                           "--config.optim.schedule=constant")) == 0
     step = tmp_path / "sf" / "checkpoints" / "10"
     assert (step / "average").is_dir()
-    saved = ocp.PyTreeCheckpointer().restore(step / "state")  # numpy arrays, as written
+    saved = ocp.PyTreeCheckpointer().restore(step / "state")  # numpy arrays, as written (blocks stacked)
     y, z, b1 = saved["params"], _find(saved["opt_state"], "z"), float(_find(saved["opt_state"], "b1"))
     x = jax.tree.map(lambda yi, zi: (yi - (1 - b1) * zi) / b1, y, z)
-    loaded = api.load(tmp_path / "sf").params
+    loaded = layout.to_saved(api.load(tmp_path / "sf").params)  # stacked as the checkpoint holds them
     for path, want in jax.tree_util.tree_flatten_with_path(x)[0]:
         np.testing.assert_allclose(np.asarray(_get(loaded, path)), want, rtol=1e-5, atol=1e-6)
     # not the params it trained at

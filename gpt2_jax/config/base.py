@@ -71,6 +71,9 @@ def base_config() -> config_dict.ConfigDict:
                   rules="fsdp+tp")  # dp | fsdp | tp | fsdp+tp, or 'logical=axis,...' (parallel/sharding.py)
     c.eval = dict(batch_size=32, max_batches=ph(int))  # None: the whole split
     c.checkpoint = dict(every=500, max_to_keep=3, keep_best=1, async_save=True,
+                        # each block's arrays saved stacked along a layer axis: a third of a save's CPU
+                        # (checkpoint/layout.py); false saves the tree as is (no on-device copy of the state)
+                        stack_layers=True,
                         resume_from="latest",  # latest (the newest good step) | best | a step number
                         init_from="")  # an export or run dir whose params start a new run (fine-tuning)
     c.task = dict(

@@ -40,7 +40,7 @@ def save_as_run(run_dir: str | pathlib.Path, weights: api.Weights, source: str =
             "data_position": {"step": 0, "seed": cfg.data.seed}, "converted_from": {"path": source, "kind": weights.kind},
             "task": weights.task}
     manager = ckpt.make_manager(run_dir, async_save=False)
-    ckpt.save(manager, 0, state, cfg.to_dict(), meta)
+    ckpt.save(manager, 0, state, cfg.to_dict(), meta, stack_layers=cfg.checkpoint.stack_layers)
     manager.wait_until_finished()
     manager.close()
     return run_dir

@@ -196,7 +196,7 @@ def fit(c: Components, echo: Callable[[str], None] = print) -> dict[str, Any]:
             average = evaluated_params(state)
             ckpt.save(manager, step, state, cfg.to_dict(), _meta(c, step, last_val, stopper),
                       metrics=_checkpoint_metrics(last_val, stopper),
-                      average=None if average is state.params else average)
+                      average=None if average is state.params else average, stack_layers=k.stack_layers)
             saved.add(step)
 
     batches = loader.Prefetcher(lambda s: global_train_batch(c, steps, s), start, end, cfg.data.prefetch)
