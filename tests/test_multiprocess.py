@@ -60,6 +60,7 @@ def runs(tmp_path_factory):
     return tmp_path, one.stdout, two.stdout, logs
 
 
+@pytest.mark.slow  # the fixture trains a 4-device run and a 2-process run: 37-52 s on 2 cores
 def test_two_processes_train_like_one(runs):
     tmp_path, _, out, logs = runs
     assert "mesh: data=4 fsdp=1 tensor=1 over 4 cpu devices in 2 process(es)" in out
@@ -74,6 +75,7 @@ def test_two_processes_train_like_one(runs):
     assert r2["test_loss"] == pytest.approx(r1["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_only_process_zero_writes(runs):
     tmp_path, _, out, logs = runs
     assert out.count("validation: loss") == 1 and "sample:" in out
@@ -82,6 +84,7 @@ def test_only_process_zero_writes(runs):
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 6 + 2
 
 
+@pytest.mark.slow
 def test_multi_process_checkpoint_loads_in_one_process(runs):
     tmp_path = runs[0]
     two, one = api.load(tmp_path / "two"), api.load(tmp_path / "one")

@@ -29,6 +29,7 @@ def _rel(a, b):
     return abs(a - b) / abs(b)
 
 
+@pytest.mark.slow  # the probe fixture compiles 5 meshes of 8 devices: 52-62 s on 2 cores
 def test_every_mesh_gives_the_same_step(probe):
     assert probe["devices"] == 8
     assert set(probe["sgd"]) == {"(1, 1, 1)", "(8, 1, 1)", "(1, 8, 1)", "(1, 1, 8)", "(2, 2, 2)"}
@@ -40,6 +41,7 @@ def test_every_mesh_gives_the_same_step(probe):
     assert probe["sgd"]["(2, 2, 2)"]["qkv_spec"] == "P('fsdp', None, 'tensor', None)"
 
 
+@pytest.mark.slow
 def test_adamw_replicated_and_fsdp_agree(probe):
     dp, fsdp = probe["adamw"]["(8, 1, 1)"], probe["adamw"]["(1, 8, 1)"]
     for a, b in zip(fsdp["losses"] + fsdp["grad_norms"], dp["losses"] + dp["grad_norms"]):
@@ -49,11 +51,13 @@ def test_adamw_replicated_and_fsdp_agree(probe):
     assert max(fsdp["param_norm_rel"]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_fsdp_shards_params_and_optimizer_state(probe):
     replicated, fsdp = probe["argument_bytes"]["(8, 1, 1)"], probe["argument_bytes"]["(1, 8, 1)"]
     assert fsdp <= replicated / 6, (fsdp, replicated)
 
 
+@pytest.mark.slow
 def test_activation_constraints_reach_the_lowered_program(probe):
     lines = probe["constraints"]
     # per block: the attention q heads, the MLP hidden and the residual stream (2 blocks), plus embeddings
@@ -185,6 +189,7 @@ def test_dcn_mesh_keeps_each_process_block_together():
         sharding.device_grid(sharding.MeshSpec((-1, 1, 1), (4, 1, 1)), devices)
 
 
+@pytest.mark.slow
 def test_sharded_decoding_matches_one_device(probe):
     d = probe["decode"]
     assert d["same_tokens"] and d["logprob_max_diff"] <= 1e-5
