@@ -83,3 +83,14 @@ def test_a_stacked_step_read_by_a_model_with_other_depth_is_a_one_line_error(tmp
     with pytest.raises(ckpt.CheckpointError, match=r"holds 3 blocks \(params/h_layers/.*this config has 2; use the "
                                                    r"run's model.n_layer"):
         ckpt.restore_params(ckpt.make_manager(tmp_path, read_only=True), 1, shallower)
+
+
+def test_a_tree_with_nothing_to_stack_is_saved_and_restored_as_it_is(tmp_path):
+    tree = {"params": {"h_0": {"w": jnp.arange(3.0)}, "wte": jnp.ones((2, 2))}, "opt": (jnp.zeros(2), jnp.int32(4))}
+    assert layout.to_saved(tree) is tree  # one block: nothing to stack
+    manager = ckpt.make_manager(tmp_path, max_to_keep=2, keep_best=0)
+    ckpt.save(manager, 1, tree, {}, {})
+    ckpt.finish(manager)
+    assert not layout.is_stacked(ckpt.array_keys(manager, 1))
+    _assert_equal(ckpt.restore_state(manager, 1, ckpt.abstract_like(tree)), tree)
+    manager.close()

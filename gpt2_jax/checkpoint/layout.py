@@ -112,13 +112,16 @@ def _stacker(shardings: tuple) -> Any:
     return jax.jit(lambda groups: [jnp.stack(g) for g in groups], out_shardings=list(shardings))
 
 
-def to_saved(tree: Any) -> dict:
-    """The nested dict of arrays a stacked step holds: tree's block arrays stacked per `h_layers` path."""
+def to_saved(tree: Any) -> Any:
+    """The nested dict of arrays a stacked step holds: tree's block arrays stacked per `h_layers` path
+    (tree itself where no group of two or more blocks can be stacked)."""
     pairs = leaf_paths(tree)
     paths, leaves = [p for p, _ in pairs], [x for _, x in pairs]
     groups = _groups(paths, leaves, None)
     stacked = [(path, [leaves[p] for p in pos]) for path, pos in groups if STACKED in path]
-    arrays = _stacker(tuple(stacked_sharding(m[0].sharding) for _, m in stacked))([m for _, m in stacked]) if stacked else []
+    if not stacked:  # e.g. one block: the tree as is, so the step reads back as a tree-layout step
+        return tree
+    arrays = _stacker(tuple(stacked_sharding(m[0].sharding) for _, m in stacked))([m for _, m in stacked])
     values = dict(zip((path for path, _ in stacked), arrays))
     return _nest((path, values[path] if path in values else leaves[pos[0]]) for path, pos in groups)
 
