@@ -162,17 +162,6 @@ def expected_keys(target: Any, metadata_keys: set[tuple[str, ...]]) -> set[tuple
     return keys
 
 
-def layer_counts(target: Any, metadata_keys: set[tuple[str, ...]]) -> dict[tuple[str, ...], int]:
-    """{stacked path: how many layers `target` has there} for the groups a stacked step holds stacked."""
-    counts: dict[tuple[str, ...], int] = {}
-    stack = saved_keys(metadata_keys)
-    for path, _ in leaf_paths(target):
-        stacked, layer = _layer_of(path)
-        if layer is not None and stacked in stack:
-            counts[stacked] = counts.get(stacked, 0) + 1
-    return counts
-
-
 def from_saved(saved: dict, target: Any, metadata_keys: set[tuple[str, ...]]) -> Any:
     """Rebuild target's tree from a restored stacked step: each stacked array split back into its
     layers, each on the sharding target gives it."""

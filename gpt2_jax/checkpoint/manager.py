@@ -217,7 +217,6 @@ def _check_arrays(where: pathlib.Path, step: int, root: pathlib.Path, target: An
     saved = _tree_keys(metadata)
     missing = sorted(layout.expected_keys(target, saved) - saved)
     if not missing:
-        _check_layers(where, step, target, metadata, saved)
         return
     names = ", ".join("/".join(k) for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
     if saved_size not in (None, (root / f"{item}/_METADATA").stat().st_size):
@@ -225,18 +224,6 @@ def _check_arrays(where: pathlib.Path, step: int, root: pathlib.Path, target: An
     # The file is as saved: the model or optimizer asked for differs from the run's.
     raise CheckpointError(f"checkpoint step {step} in {where} has no {names}, which this config needs; "
                           "train with the run's model and optim settings, or start a new run_dir")
-
-
-def _check_layers(where: pathlib.Path, step: int, target: Any, metadata: dict, saved: set[tuple[str, ...]]) -> None:
-    """A stacked step's arrays carry the layer count in their shape: a target with another count is a
-    different model, named in one line rather than by Orbax's shape mismatch."""
-    shapes = {tuple(str(k["key"]) for k in v["key_metadata"]): (v.get("value_metadata") or {}).get("write_shape")
-              for v in metadata.get("tree_metadata", {}).values()}
-    for path, want in layout.layer_counts(target, saved).items():
-        have = (shapes.get(path) or [want])[0]
-        if have != want:
-            raise CheckpointError(f"checkpoint step {step} in {where} holds {have} blocks ({'/'.join(path)}), this "
-                                  f"config has {want}; use the run's model.n_layer, or start a new run_dir")
 
 
 def resolve_step(manager: ocp.CheckpointManager, step: str | int) -> int:
