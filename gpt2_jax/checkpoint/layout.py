@@ -20,18 +20,15 @@ from typing import Any, Iterable
 import jax
 import jax.numpy as jnp
 
+from gpt2_jax.optim import groups as param_groups
+
 STACKED = "h_layers"  # the key that replaces h_0 ... h_{L-1} in a stacked step
 _LAYER = re.compile(r"^h_(\d+)$")
 
 
-def key_name(key: Any) -> str:
-    """The string a pytree path entry is saved under (dict key, attribute name or sequence index)."""
-    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
-
-
 def leaf_paths(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
-    """(path of key strings, leaf) for every leaf of tree, in flattening order."""
-    return [(tuple(key_name(k) for k in path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    """(path of key strings, as Orbax saves them, leaf) for every leaf of tree, in flattening order."""
+    return [(param_groups.key_names(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _layer_of(path: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:

@@ -20,15 +20,20 @@ import optax
 FROZEN = "frozen"
 
 
-def path_name(path) -> str:
-    """'h_0/attn/qkv_kernel' for a pytree key path (dict keys and attributes joined by '/')."""
+def key_names(path) -> tuple[str, ...]:
+    """('h_0', 'attn', 'qkv_kernel') for a pytree key path: each dict key, attribute name or index."""
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):
             if hasattr(k, attr):
                 parts.append(str(getattr(k, attr)))
                 break
-    return "/".join(parts)
+    return tuple(parts)
+
+
+def path_name(path) -> str:
+    """'h_0/attn/qkv_kernel' for a pytree key path (dict keys and attributes joined by '/')."""
+    return "/".join(key_names(path))
 
 
 def leaf_paths(tree) -> list[str]:
