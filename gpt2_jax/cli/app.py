@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ
     verbosity.set_verbose(args.verbose)  # this process is ours: third-party chatter stays off unless asked
     common.add_gpu_xla_flags(env)  # before JAX starts a backend
+    common.keep_host_memory(env)  # likewise: XLA's threads take their malloc arena on first use
     try:
         return args.handler(args, common.split_overrides(extra), env)
     except (ValueError, OSError, RuntimeError) as e:  # OSError: e.g. a full disk, naming the file

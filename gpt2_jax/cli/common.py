@@ -1,5 +1,6 @@
 """What every command module shares: usage errors, `--config.*` override parsing, mesh flags, the
-optional JSON copy of a command's result, and the XLA flags a GPU run gets (read from `env`)."""
+optional JSON copy of a command's result, the XLA flags a GPU run gets and the host malloc settings
+(both read from `env`)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,16 @@ def write_json(path: str | None, obj: Any) -> None:
 # containers set it too); `gpt2-jax bench sweep --plan gpu` measures the step with and without.
 GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
 _CUDA_PLUGINS = ("jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12", "jax_cuda13_plugin", "jax_cuda12_plugin")
+
+
+def keep_host_memory(env) -> bool:
+    """On a CPU backend, have malloc reuse freed host memory (parallel/host_memory.py) unless
+    GPT2_JAX_KEEP_HOST_MEMORY=0; before JAX starts a backend. True if applied."""
+    from gpt2_jax.parallel import host_memory
+
+    if env.get("GPT2_JAX_KEEP_HOST_MEMORY", "1") == "0" or jax_backend_is_gpu(env):
+        return False
+    return host_memory.reuse_freed_memory()
 
 
 def jax_backend_is_gpu(env) -> bool:
