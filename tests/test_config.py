@@ -67,6 +67,8 @@ def test_typo_inside_an_experiment_file(tmp_path):
     ("model.resid_dropout=1.5", r"model\.resid_dropout: must be in \[0, 1\)"),
     ("model.preset=gpt3", r"model\.preset"),
     ("mesh.data=0", r"mesh\.data"),
+    ("train.row_groups=-1", r"train\.row_groups: must be >= 0"),
+    ("train.row_groups=5", r"train\.row_groups: 5 does not divide data\.batch_size"),
 ])
 def test_impossible_values_are_one_line_errors(override, pattern):
     with pytest.raises(config_lib.ConfigError, match=pattern) as e:

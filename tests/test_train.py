@@ -132,3 +132,47 @@ def test_all_bf16_keeps_params_and_adam_moments_in_bf16_and_learns():
         first = float(m["loss"]) if i == 0 else first
     assert jax.tree.leaves(state.params)[0].dtype == jnp.bfloat16
     assert float(m["loss"]) < 0.5 * first
+
+
+def test_row_groups_deal_rows_round_robin():
+    batch = jnp.arange(6 * 3).reshape(6, 3)
+    groups = train.row_groups(batch, 3)
+    assert [g[:, 0].tolist() for g in groups] == [[0, 9], [3, 12], [6, 15]]  # rows 0,3 | 1,4 | 2,5
+
+
+@pytest.mark.parametrize("groups,chunk", [(2, 0), (4, 5)])
+def test_row_groups_give_the_whole_batch_loss_and_gradients(groups, chunk):
+    cfg = model_lib.config_from_preset("nano", vocab_size=61)
+    model = model_lib.GPT2(cfg)
+    params = train.init_state(model, optax.sgd(0.1), jax.random.key(0), 16).params
+    batch = jnp.asarray(np.random.default_rng(5).integers(0, 61, (8, 17), dtype=np.int32))
+    grad = lambda g: jax.jit(jax.value_and_grad(train.lm_loss), static_argnums=(1, 4, 5, 6))(
+        params, model, batch, None, 0.0, chunk, g)
+    (loss, grads), (loss_g, grads_g) = grad(1), grad(groups)
+    assert float(loss_g) == pytest.approx(float(loss), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), grads, grads_g)
+
+
+def test_row_groups_draw_a_dropout_mask_per_group():
+    cfg = model_lib.config_from_preset("nano", vocab_size=61, resid_dropout=0.5)
+    model = model_lib.GPT2(cfg)
+    params = train.init_state(model, optax.sgd(0.1), jax.random.key(0), 16).params
+    row = np.random.default_rng(6).integers(0, 61, (1, 17), dtype=np.int32)
+    batch = jnp.asarray(np.repeat(row, 2, axis=0))  # two equal rows, one per group
+    loss = lambda g: float(train.lm_loss(params, model, batch, jax.random.key(1), groups=g))
+    one_row = lambda key: float(train.lm_loss(params, model, batch[:1], key))
+    same_mask = one_row(jax.random.fold_in(jax.random.key(1), 0))
+    assert loss(2) != pytest.approx(same_mask, rel=1e-6)  # the second group's mask differs from the first's
+    assert loss(2) == loss(2)
+
+
+def test_resolve_row_groups_auto_and_checked():
+    from gpt2_jax.parallel import sharding
+
+    mesh = sharding.make_mesh(sharding.MeshSpec(ici=(1, 1, 1)), jax.devices()[:1])
+    rules = sharding.logical_rules("fsdp+tp")
+    assert train.resolve_row_groups(0, mesh, rules, 16) == 2  # auto on CPU
+    assert train.resolve_row_groups(0, mesh, rules, 7) == 1  # odd rows: one group
+    assert train.resolve_row_groups(4, mesh, rules, 16) == 4
+    with pytest.raises(ValueError, match=r"train.row_groups=3 must divide the 16 rows"):
+        train.resolve_row_groups(3, mesh, rules, 16)

@@ -44,6 +44,7 @@ class TrainBench:
     attention: str = "auto"
     remat: str = "none"
     loss_chunk: int = 0
+    row_groups: int = 0  # train.row_groups: 0 auto (2 on CPU), N independent row groups (train/steps.py)
     mesh: tuple[int, int, int] = (-1, 1, 1)
     rules: str = "fsdp+tp"
     steps: int = 10
@@ -81,8 +82,9 @@ def check(spec: TrainBench) -> None:
                         ("--vocab-multiple", spec.vocab_multiple)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    if spec.loss_chunk < 0 or spec.warmup < 1:
-        raise ValueError("--loss-chunk must be >= 0 and --warmup >= 1 (the first step compiles the peers)")
+    if spec.loss_chunk < 0 or spec.warmup < 1 or spec.row_groups < 0:
+        raise ValueError("--loss-chunk and --row-groups must be >= 0 and --warmup >= 1 (the first step compiles "
+                         "the peers)")
     for name, path in spec.peers:
         _choice("--peer", name, PEERS)
         if (name == "nanogpt") != (path is not None):
@@ -99,13 +101,15 @@ def _jax_stepper(spec: TrainBench, cfg: model_lib.GPT2Config, batch) -> tuple[Ca
     mesh = sharding.make_mesh(sharding.MeshSpec(ici=spec.mesh, rules=spec.rules))
     rules = sharding.logical_rules(spec.rules)
     sharding.check_layout(mesh.shape, rules, cfg.n_head, cfg.n_embd, {"--batch-size": spec.batch_size})
-    steps = train.make_steps(model, optimizer, lambda s: LR, mesh, rules, 0, spec.seq_len, loss_chunk=spec.loss_chunk)
+    groups = train.resolve_row_groups(spec.row_groups, mesh, rules, spec.batch_size)
+    steps = train.make_steps(model, optimizer, lambda s: LR, mesh, rules, 0, spec.seq_len, loss_chunk=spec.loss_chunk,
+                             row_groups=groups)
     state = steps.init()
     dev_batch = jax.device_put(batch[None], steps.train_batch_sharding)
     t0 = time.perf_counter()
     compiled = steps.train.lower(state, dev_batch).compile()
     info = {"compile_s": time.perf_counter() - t0, "mesh": sharding.describe(mesh),
-            "devices": list(mesh.devices.flat), "memory_plan_bytes": _planned_bytes(compiled)}
+            "devices": list(mesh.devices.flat), "memory_plan_bytes": _planned_bytes(compiled), "row_groups": groups}
     box = {"state": state}
 
     def step():
@@ -204,6 +208,7 @@ def bench_train(spec: TrainBench) -> dict[str, Any]:
         "params": model_lib.count_params(model_lib.param_shapes(cfg)), "flops_per_token": flops_tok,
         "flops_formula": flops.FORMULA, "peak_flops": peak, "devices": n_devices,
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}", "mesh_described": jax_info["mesh"],
+        "row_groups_resolved": jax_info["row_groups"],
         "host": platform.processor() or platform.machine(), "cpu_threads": threads, "versions": common.versions(),
         "timed_steps": per_round * spec.rounds, "results": rows, "peer_info": peer_info,
     }
@@ -231,7 +236,8 @@ def format_train_report(r: dict[str, Any]) -> str:
     lines = [
         f"train step: preset {r['preset']} ({r['params']:,} params), batch {r['batch_size']} x {r['seq_len']}, "
         f"{vocab}, compute {r['dtype']}, params {r['param_dtype']}, attention {r['attention']} "
-        f"({r['attention_resolved']}), remat {r['remat']}, loss chunk {r['loss_chunk'] or 'off'}",
+        f"({r['attention_resolved']}), remat {r['remat']}, loss chunk {r['loss_chunk'] or 'off'}, "
+        f"row groups {r.get('row_groups_resolved', 1)}",
         f"device {r['device']}, mesh {r['mesh_described']}, {r['timed_steps']} timed steps after {r['warmup']} warm-up",
         f"FLOPs/token {r['flops_per_token']:,} = {r['flops_formula']}; peak {peak}",
         f"{'impl':<10} {'tokens/s':>10} {'step ms min':>12} {'median':>9} {'TFLOP/s':>8} {'MFU':>6} "

@@ -102,7 +102,8 @@ def train_bench_spec(args):
     return bench_train.TrainBench(
         preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab_size or 257,
         vocab_multiple=args.vocab_multiple, dtype=args.dtype, param_dtype=args.param_dtype,
-        attention=args.attention, remat=args.remat, loss_chunk=args.loss_chunk, mesh=common.mesh_sizes(args.mesh),
+        attention=args.attention, remat=args.remat, loss_chunk=args.loss_chunk,
+        row_groups=args.row_groups, mesh=common.mesh_sizes(args.mesh),
         rules=args.rules, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
         peers=tuple((p[0], p[1] if len(p) > 1 else None) for p in peers if p[0] != "none"),
         peer_compile=args.peer_compile, profile_steps=profiling.parse_steps(args.profile_steps or ""),
@@ -131,6 +132,8 @@ def add_parser(sub) -> None:
     b.add_argument("--attention", default="auto", help="train: auto | xla | cudnn | blocked")
     b.add_argument("--remat", default="none", help="train: none | dots (dots saveable) | full, per block")
     b.add_argument("--loss-chunk", type=int, default=0, help="train: cross-entropy this many positions at a time")
+    b.add_argument("--row-groups", type=int, default=0, help="train: independent row groups of the loss (0: auto, "
+                   "2 on CPU; 1: off)")
     b.add_argument("--mesh", default="-1,1,1", help="train: DATA,FSDP,TENSOR devices (-1: the rest)")
     b.add_argument("--rules", default="fsdp+tp", help="train: sharding rules (dp | fsdp | tp | fsdp+tp)")
     b.add_argument("--rounds", type=int, default=2, help="interleaved rounds with the peer")

@@ -61,6 +61,9 @@ def base_config() -> config_dict.ConfigDict:
         log_every=50, eval_every=250, progress=True, tensorboard=True,
         sample_prompt="ROMEO:", sample_tokens=200, sample_temperature=0.8, sample_top_k=40,
         loss_chunk=0,  # > 0: cross-entropy this many positions at a time (no whole-batch fp32 logits)
+        # The LM loss over this many independent groups of rows, which XLA:CPU runs on separate cores;
+        # 0: auto (2 on CPU when each batch shard's rows are even, else 1). train/steps.py lm_loss.
+        row_groups=0,
         profile_steps="",  # "A:B": jax.profiler trace of steps A..B-1 into <run_dir>/profile
         # Stop when `metric` (val_loss, val_accuracy, ...; "" = off) has not improved by more than
         # min_delta for `patience` evaluations; mode auto: max for accuracy/F1, else min.

@@ -115,6 +115,9 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     for name in ("log_every", "eval_every"):
         _check(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
     _check(t.loss_chunk >= 0, "train.loss_chunk", f"must be >= 0 (0: whole-batch logits), got {t.loss_chunk}")
+    _check(t.row_groups >= 0, "train.row_groups", f"must be >= 0 (0: auto), got {t.row_groups}")
+    _check(d.batch_size % max(t.row_groups, 1) == 0, "train.row_groups",
+           f"{t.row_groups} does not divide data.batch_size={d.batch_size}")
     for name in ("seed", "sample_tokens", "sample_top_k"):
         _check(t[name] >= 0, f"train.{name}", f"must be >= 0, got {t[name]}")
     _check(t.sample_temperature >= 0, "train.sample_temperature",

@@ -37,8 +37,9 @@ def plan_memory(cfg: config_dict.ConfigDict, devices=None) -> dict[str, Any]:
     mesh = sharding.make_mesh(sharding.MeshSpec.from_config(cfg.mesh), devices)
     rules = sharding.logical_rules(cfg.mesh.rules)
     sharding.check_layout(mesh.shape, rules, model.cfg.n_head, model.cfg.n_embd, {"data.batch_size": cfg.data.batch_size})
+    groups = train.resolve_row_groups(cfg.train.row_groups, mesh, rules, cfg.data.batch_size)
     steps = train.make_steps(model, optimizer, schedule, mesh, rules, 0, cfg.data.seq_len, cfg.optim.label_smoothing,
-                             loss_chunk=cfg.train.loss_chunk)
+                             loss_chunk=cfg.train.loss_chunk, row_groups=groups)
     state = sharding.abstract_on(steps.abstract_state, steps.state_sharding)
     batch = jax.ShapeDtypeStruct((cfg.optim.accum_steps, cfg.data.batch_size, cfg.data.seq_len + 1), "int32",
                                  sharding=steps.train_batch_sharding)
@@ -50,7 +51,7 @@ def plan_memory(cfg: config_dict.ConfigDict, devices=None) -> dict[str, Any]:
     opt = sharding.per_device_bytes(steps.abstract_state.opt_state, steps.state_sharding.opt_state)
     temp = int(stats.temp_size_in_bytes)
     args = int(stats.argument_size_in_bytes)
-    rows_per_device = cfg.data.batch_size // sharding._axis_size(mesh.shape, dict(rules).get("batch"))
+    rows_per_device = cfg.data.batch_size // sharding.batch_shards(mesh.shape, rules)
     closed_form = activation_bytes(model.cfg, rows_per_device, cfg.data.seq_len, mesh.shape["tensor"])
     teacher = teacher_bytes(cfg, mesh, rules) if cfg.task.kind == "distill" else 0
     return {

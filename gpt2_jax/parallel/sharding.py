@@ -131,6 +131,11 @@ def _axis_size(mesh_shape: Mapping[str, int], axes) -> int:
     return math.prod(mesh_shape[a] for a in axes)
 
 
+def batch_shards(mesh_shape: Mapping[str, int], rules) -> int:
+    """How many blocks a batch's rows are split into: the size of the mesh axes of the 'batch' rule."""
+    return _axis_size(mesh_shape, dict(rules).get("batch"))
+
+
 def check_layout(mesh_shape: Mapping[str, int], rules, n_head: int, n_embd: int,
                  batch_sizes: dict[str, int]) -> None:
     """Fail fast, before compiling, when batches or heads cannot be split as the mesh asks.
@@ -138,7 +143,7 @@ def check_layout(mesh_shape: Mapping[str, int], rules, n_head: int, n_embd: int,
     mesh_shape: axis name -> size (a Mesh's .shape).
     """
     r = dict(rules)
-    rows = _axis_size(mesh_shape, r.get("batch"))
+    rows = batch_shards(mesh_shape, rules)
     for key, size in batch_sizes.items():
         if size % rows:
             raise ShardingError(f"{key}={size} is not divisible by the {rows} batch shards (data x fsdp) of mesh "

@@ -102,8 +102,9 @@ def make_steps(c: Components, echo: Callable[[str], None] = print) -> step_lib.S
     sharding.check_layout(mesh.shape, rules, c.model.cfg.n_head, c.model.cfg.n_embd,
                           {"data.batch_size": cfg.data.batch_size, "eval.batch_size": cfg.eval.batch_size})
     echo(f"mesh: {sharding.describe(mesh)}, rules {cfg.mesh.rules}")
+    groups = step_lib.resolve_row_groups(cfg.train.row_groups, mesh, rules, cfg.data.batch_size)
     return step_lib.make_steps(c.model, c.optimizer, c.schedule, mesh, rules, cfg.train.seed, cfg.data.seq_len,
-                               cfg.optim.label_smoothing, cfg.train.loss_chunk, c.task, trainable(c))
+                               cfg.optim.label_smoothing, cfg.train.loss_chunk, c.task, trainable(c), groups)
 
 
 def _meta(c: Components, step: int, metrics: dict, stopper=None) -> dict:

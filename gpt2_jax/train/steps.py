@@ -80,9 +80,9 @@ def chunked_cross_entropy(model: model_lib.GPT2, params, hidden: jax.Array, targ
     return total, count
 
 
-def lm_loss(params, model: model_lib.GPT2, batch: jax.Array, rng: jax.Array | None = None,
-            label_smoothing: float = 0.0, loss_chunk: int = 0) -> jax.Array:
-    """Mean next-token cross-entropy of a (B, T+1) token batch; dropout on when rng is given.
+def lm_nll(params, model: model_lib.GPT2, batch: jax.Array, rng: jax.Array | None = None,
+           label_smoothing: float = 0.0, loss_chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(summed next-token NLL, number of targets) of a (B, T+1) token batch; dropout on when rng is given.
 
     loss_chunk > 0 computes the logits that many positions at a time (chunked_cross_entropy).
     """
@@ -91,12 +91,32 @@ def lm_loss(params, model: model_lib.GPT2, batch: jax.Array, rng: jax.Array | No
     if loss_chunk:
         hidden = model.apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs,
                              method=model_lib.GPT2.hidden)
-        total, count = chunked_cross_entropy(model, params, hidden, targets, chunk=loss_chunk,
-                                             label_smoothing=label_smoothing)
-        return total / count
+        return chunked_cross_entropy(model, params, hidden, targets, chunk=loss_chunk, label_smoothing=label_smoothing)
     logits = model.apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs)
-    total, count = cross_entropy(logits, targets, vocab_size=model.cfg.vocab_size, label_smoothing=label_smoothing)
-    return total / count
+    return cross_entropy(logits, targets, vocab_size=model.cfg.vocab_size, label_smoothing=label_smoothing)
+
+
+def row_groups(batch: jax.Array, groups: int) -> list[jax.Array]:
+    """The rows of batch (B, ...) dealt into `groups` groups (row i to group i % groups): taken from a
+    (B / groups, groups, ...) view, so each device's block of rows splits without moving data."""
+    view = batch.reshape(batch.shape[0] // groups, groups, *batch.shape[1:])
+    return [view[:, g] for g in range(groups)]
+
+
+def lm_loss(params, model: model_lib.GPT2, batch: jax.Array, rng: jax.Array | None = None,
+            label_smoothing: float = 0.0, loss_chunk: int = 0, groups: int = 1) -> jax.Array:
+    """Mean next-token cross-entropy of a (B, T+1) token batch; dropout on when rng is given.
+
+    groups > 1 runs the model on that many groups of rows (row_groups) with nothing shared between
+    their forward and backward passes but the params, so XLA:CPU, which runs a matmul on one core,
+    can run the groups on separate cores (measured: BENCHMARKS.md). The mean is over all targets.
+    """
+    if groups == 1:
+        total, count = lm_nll(params, model, batch, rng, label_smoothing, loss_chunk)
+        return total / count
+    parts = [lm_nll(params, model, rows, None if rng is None else jax.random.fold_in(rng, g), label_smoothing,
+                    loss_chunk) for g, rows in enumerate(row_groups(batch, groups))]
+    return sum(p[0] for p in parts) / sum(p[1] for p in parts)
 
 
 def has_dropout(cfg: model_lib.GPT2Config) -> bool:
@@ -144,7 +164,7 @@ def join_trainable(trained, frozen):
 
 def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformation,
                     schedule: Callable[[jax.Array], jax.Array], label_smoothing: float = 0.0,
-                    loss_chunk: int = 0, task=None, trainable=None) -> Callable:
+                    loss_chunk: int = 0, task=None, trainable=None, groups: int = 1) -> Callable:
     """train_step(state, batch) -> (state, metrics); batch is (accum, B, T+1) int32, or with a task
     (train/tasks.py) a dict of (accum, B, ...) arrays and its loss(params, model, batch, rng).
 
@@ -156,6 +176,8 @@ def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformati
     the frozen reference params as a third argument, train_step(state, batch, reference), passed
     on to its loss (never donated, never differentiated); so does a task with frozen inputs
     (`frozen_shapes`, e.g. a teacher): train_step(state, batch, inputs), loss(..., rng, inputs).
+    `groups` > 1 splits each micro-batch of the language-model loss into independent row groups
+    (lm_loss); tasks keep their own losses.
     """
     dropout = has_dropout(model.cfg)
     epochs = getattr(task, "inner_epochs", 1)
@@ -168,7 +190,8 @@ def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformati
     def grad_of(params, micro_batch, rng, frozen):
         rng = rng if dropout else None
         if task is None and trainable is None:  # pre-training: the step as it always was
-            loss, grads = jax.value_and_grad(lm_loss)(params, model, micro_batch, rng, label_smoothing, loss_chunk)
+            loss, grads = jax.value_and_grad(lm_loss)(params, model, micro_batch, rng, label_smoothing, loss_chunk,
+                                                      groups)
             return (loss, {}), grads
         if trainable is None:
             return jax.value_and_grad(loss_of, has_aux=True)(params, micro_batch, rng, frozen)
@@ -217,6 +240,19 @@ def make_train_step(model: model_lib.GPT2, optimizer: optax.GradientTransformati
         return new_state, metrics
 
     return train_step
+
+
+def resolve_row_groups(requested: int, mesh: jax.sharding.Mesh, rules, batch_size: int) -> int:
+    """The row groups of the train step (lm_loss) for `train.row_groups`: N as asked, checked to divide
+    each batch shard's rows; 0 (auto) gives 2 on CPU when each shard's rows are even, else 1: on
+    a GPU or TPU one matmul already fills the device."""
+    rows = batch_size // sharding.batch_shards(mesh.shape, rules)
+    if requested == 0:
+        return 2 if mesh.devices.flat[0].platform == "cpu" and rows % 2 == 0 else 1
+    if requested < 1 or rows % requested:
+        raise ValueError(f"train.row_groups={requested} must divide the {rows} rows each batch shard holds "
+                         f"(data.batch_size={batch_size}); use a divisor of {rows}, or 0 for auto")
+    return requested
 
 
 def make_eval_step(model: model_lib.GPT2, loss_chunk: int = 0, task=None) -> Callable:
@@ -272,13 +308,14 @@ def frozen_inputs(task, mesh: jax.sharding.Mesh, rules) -> tuple[Any, Any]:
 
 def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, schedule: Callable,
                mesh: jax.sharding.Mesh, rules, seed: int, seq_len: int, label_smoothing: float = 0.0,
-               loss_chunk: int = 0, task=None, trainable=None) -> Steps:
+               loss_chunk: int = 0, task=None, trainable=None, row_groups: int = 1) -> Steps:
     """init, train_step and eval_step, each one jax.jit with in/out shardings on mesh.
 
     The train state is donated, so params and optimizer state update in place. A task
     (train/tasks.py) brings its params, loss, eval outputs and batch dicts; `trainable` freezes
     the False leaves (see make_train_step). A task's frozen inputs (a teacher) are read here, placed
     by the same rules, and passed to every train step as an argument that is not donated.
+    row_groups: independent row groups of the language-model loss (resolve_row_groups).
     """
     rng = jax.random.key(seed)
     frozen, frozen_sh = frozen_inputs(task, mesh, rules)
@@ -296,7 +333,7 @@ def make_steps(model: model_lib.GPT2, optimizer: optax.GradientTransformation, s
         train_batch_sh = {k: sharding.batch_sharding(mesh, rules, n + 1, 1) for k, n in task.train_ndims.items()}
         eval_batch_sh = {k: sharding.batch_sharding(mesh, rules, n) for k, n in task.eval_ndims.items()}
         eval_in = (params_sh, eval_batch_sh)
-    train_fn = make_train_step(model, optimizer, schedule, label_smoothing, loss_chunk, task, trainable)
+    train_fn = make_train_step(model, optimizer, schedule, label_smoothing, loss_chunk, task, trainable, row_groups)
     eval_fn = make_eval_step(model, loss_chunk, task)
     jit = lambda fn, **kw: sharding.with_mesh(jax.jit(fn, **kw), mesh, rules)
     ref_sh = None
