@@ -66,7 +66,7 @@ def reference_gpt2():
 @pytest.fixture(scope="module")
 def plays(pytestconfig, tmp_path_factory):
     """Every play of the real `shakespeare/plays` corpus, {split: [text]}; fetched once per machine."""
-    cache = pytestconfig.cache
+    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
     data_dir = cache.mkdir("shakespeare_tfds") if cache else tmp_path_factory.mktemp("shakespeare_tfds")
     return {split: list(sources.read_documents("shakespeare/plays", split, data_dir))
             for split in ("train", "validation", "test")}
