@@ -270,6 +270,7 @@ def _probe(mode: str, root: pathlib.Path, run: str) -> dict:
     return json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("REPORT "))[len("REPORT "):])
 
 
+@pytest.mark.slow  # 24-38 s: 8-device probes write and restore, then this process restores on 1 device
 def test_a_checkpoint_of_8_devices_restores_on_1_device_and_on_2x2x2(straight):
     root, _ = straight
     written = _probe("write", root, "layout")

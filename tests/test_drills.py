@@ -165,6 +165,7 @@ def _step_bytes(step_dir: pathlib.Path) -> int:
     return sum(p.stat().st_size for p in step_dir.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow  # 19-38 s: a probe run sizes a small tmpfs, then a run fills it
 def test_disk_full_during_an_async_save_stops_in_one_line_and_keeps_earlier_steps(tmp_path):
     from gpt2_jax import api
     from gpt2_jax.cli import app as cli
